@@ -1,0 +1,233 @@
+"""`actcurate audit` and `actcurate status`: what was kept, what was rejected and why, from the manifests alone."""
+
+from __future__ import annotations
+
+import html
+import json
+import statistics
+from collections import Counter, defaultdict
+from typing import Any
+
+from manifests.io import read_manifests
+from pipeline.commits import committed_shards
+from pipeline.errors import UserError
+from pipeline.plan import read_plan
+from pipeline.storage import Store
+
+
+def _open(output: str) -> tuple[Store, Any]:
+    store = Store(output)
+    plan = read_plan(store)
+    if plan is None:
+        raise UserError(f"{output} is not an actcurate output (no plan/plan.json); run `actcurate run` first")
+    return store, plan
+
+
+def status(output: str) -> dict:
+    """Shards committed and pending, rows by status: from the commit records, without reading manifests."""
+    store, plan = _open(output)
+    committed = committed_shards(store)
+    shards = plan.shard_ids
+    counts: Counter = Counter()
+    for record in committed.values():
+        counts.update(record.get("status_counts", {}))
+    done_videos = sum(record.get("videos", 0) for record in committed.values())
+    return {
+        "output": store.root,
+        "videos": {"total": len(plan.videos), "done": done_videos},
+        "shards": {"total": len(shards), "committed": len(committed), "pending": len(shards) - len(committed)},
+        "pending_shards": [s for s in shards if s not in committed],
+        "rows": {"total": sum(counts.values()), **{k: counts.get(k, 0) for k in ("accepted", "rejected", "error")}},
+    }
+
+
+def _stage_order(store: Store, table) -> list[str]:
+    if store.exists("run.json"):
+        recipe = json.loads(store.read_bytes("run.json"))["recipe"]
+        return [next(iter(s)) for s in recipe["stages"]]
+    meta = table.schema.metadata or {}
+    return json.loads(meta.get(b"stages", b"[]"))
+
+
+def _splitting_stages() -> set[str]:
+    from stages import STAGES
+
+    return {name for name, cls in STAGES.items() if cls.splits}
+
+
+def audit(output: str) -> dict:
+    store, plan = _open(output)
+    committed = committed_shards(store)
+    table = read_manifests(store, sorted(committed))
+    rows = table.to_pylist() if table is not None else []
+    order = _stage_order(store, table) if table is not None else []
+    shards = plan.shard_ids
+    statuses = Counter(r["status"] for r in rows)
+    return {
+        "output": store.root,
+        "videos": {"total": len(plan.videos), "done": len({r["video_id"] for r in rows})},
+        "clips": {"total": len(rows), **{k: statuses.get(k, 0) for k in ("accepted", "rejected", "error")}},
+        "shards": {"total": len(shards), "committed": len(committed), "pending": len(shards) - len(committed)},
+        "funnel": _funnel(rows, order),
+        "reasons": _reasons(rows),
+        "errors": _errors(rows),
+        "throughput": _throughput(rows, order),
+    }
+
+
+def _death_index(row: dict, order: list[str]) -> int:
+    stage = row["reject_stage"] or row["error_stage"]
+    if row["status"] == "accepted" or stage not in order:
+        return len(order)
+    return order.index(stage)
+
+
+def _funnel(rows: list[dict], order: list[str]) -> list[dict]:
+    """Rows in and out of each stage; before (and into) a splitting stage the unit is videos, after it clips."""
+    splitting = _splitting_stages()
+    split_at = next((i for i, s in enumerate(order) if s in splitting), None)
+    deaths = [(_death_index(r, order), r["video_id"]) for r in rows]
+    # A video's furthest stage: all of its rows passed every stage before the split together.
+    video_reach: dict[str, int] = defaultdict(int)
+    for d, vid in deaths:
+        video_reach[vid] = max(video_reach[vid], d)
+    funnel = []
+    for k, stage in enumerate(order):
+        before_split = split_at is not None and k <= split_at
+        if before_split:
+            n_in = sum(1 for d in video_reach.values() if d >= k)
+        else:
+            n_in = sum(1 for d, _ in deaths if d >= k)
+        if split_at is not None and k < split_at:
+            n_out = sum(1 for d in video_reach.values() if d > k)
+        else:
+            n_out = sum(1 for d, _ in deaths if d > k)
+        unit_in = "videos" if before_split else "clips"
+        unit_out = "videos" if split_at is not None and k < split_at else "clips"
+        funnel.append({"stage": stage, "in": n_in, "out": n_out, "unit_in": unit_in, "unit_out": unit_out})
+    return funnel
+
+
+def _reasons(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["status"] == "rejected":
+            groups[(r["reject_stage"], r["reject_rule"])].append(r)
+    out = []
+    for (stage, rule), members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        values = [m["reject_value"] for m in members if m["reject_value"] is not None]
+        thresholds = sorted({m["reject_threshold"] for m in members if m["reject_threshold"] is not None})
+        entry = {"stage": stage, "rule": rule, "count": len(members), "thresholds": thresholds}
+        if values:
+            entry.update(value_min=min(values), value_median=statistics.median(values), value_max=max(values))
+        out.append(entry)
+    return out
+
+
+def _errors(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["status"] == "error":
+            groups[(r["error_stage"], r["error_type"])].append(r)
+    return [
+        {"stage": stage, "type": typ, "count": len(members), "example": members[0]["error_message"],
+         "example_uri": members[0]["video_uri"]}
+        for (stage, typ), members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    ]
+
+
+def _throughput(rows: list[dict], order: list[str]) -> list[dict]:
+    """Seconds per stage. Clips split from one video carry copies of the video's earlier timings: count those once."""
+    splitting = _splitting_stages()
+    split_at = next((i for i, s in enumerate(order) if s in splitting), len(order))
+    out = []
+    for k, stage in enumerate(order):
+        per_unit: dict = defaultdict(float)
+        for i, r in enumerate(rows):
+            seconds = (r.get("timings") or {}).get(stage)
+            if seconds is None:
+                continue
+            if k < split_at:
+                per_unit[r["video_id"]] = seconds  # a copy on every clip of the video
+            elif k == split_at:
+                per_unit[r["video_id"]] += seconds  # the video's decode, shared out over its clips
+            else:
+                per_unit[i] = seconds
+        total = sum(per_unit.values())
+        out.append({"stage": stage, "unit": "videos" if k <= split_at else "clips", "count": len(per_unit),
+                    "seconds": round(total, 3),
+                    "per_s": round(len(per_unit) / total, 2) if total > 0 else None})
+    return out
+
+
+# -- rendering --------------------------------------------------------------------------------------------------------
+def render_text(report: dict, console) -> None:
+    from rich.table import Table
+
+    v, c, s = report["videos"], report["clips"], report["shards"]
+    console.print(f"[bold]actcurate audit[/bold] {report['output']}")
+    console.print(f"videos {v['done']}/{v['total']} done   shards {s['committed']}/{s['total']} committed"
+                  f" ({s['pending']} pending)")
+    console.print(f"clips {c['total']}: [green]{c['accepted']} accepted[/green], "
+                  f"[yellow]{c['rejected']} rejected[/yellow], [red]{c['error']} error[/red]")
+    funnel = Table(title="funnel", title_justify="left")
+    for col in ("stage", "in", "out", "dropped"):
+        funnel.add_column(col, justify="left" if col == "stage" else "right")
+    for f in report["funnel"]:
+        funnel.add_row(f["stage"], f"{f['in']} {f['unit_in']}", f"{f['out']} {f['unit_out']}",
+                       str(f["in"] - f["out"]) if f["unit_in"] == f["unit_out"] else "")
+    console.print(funnel)
+    if report["reasons"]:
+        reasons = Table(title="rejections", title_justify="left")
+        for col in ("stage", "rule", "count", "values (min / median / max)", "threshold"):
+            reasons.add_column(col)
+        for r in report["reasons"]:
+            values = (f"{_fmt(r['value_min'])} / {_fmt(r['value_median'])} / {_fmt(r['value_max'])}"
+                      if "value_min" in r else "")
+            reasons.add_row(r["stage"], r["rule"], str(r["count"]), values,
+                            ", ".join(_fmt(t) for t in r["thresholds"]))
+        console.print(reasons)
+    if report["errors"]:
+        errors = Table(title="errors", title_justify="left")
+        for col in ("stage", "type", "count", "example"):
+            errors.add_column(col)
+        for e in report["errors"]:
+            errors.add_row(e["stage"], e["type"], str(e["count"]), f"{e['example']}  [dim]({e['example_uri']})[/dim]")
+        console.print(errors)
+    through = Table(title="throughput", title_justify="left")
+    for col in ("stage", "processed", "seconds", "per second"):
+        through.add_column(col, justify="left" if col == "stage" else "right")
+    for t in report["throughput"]:
+        through.add_row(t["stage"], f"{t['count']} {t['unit']}", f"{t['seconds']:.2f}", _fmt(t["per_s"]))
+    console.print(through)
+
+
+def render_html(report: dict) -> str:
+    def table(title: str, items: list[dict]) -> str:
+        if not items:
+            return f"<h2>{html.escape(title)}</h2><p>none</p>"
+        keys = list(items[0])
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(i.get(k)))}</td>" for k in keys) + "</tr>"
+                       for i in items)
+        return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
+
+    summary = {k: report[k] for k in ("videos", "clips", "shards")}
+    parts = [table(name, report[name]) for name in ("funnel", "reasons", "errors", "throughput")]
+    return (
+        "<!doctype html><meta charset='utf-8'><title>actcurate audit</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style>"
+        f"<h1>actcurate audit</h1><p>{html.escape(report['output'])}</p>"
+        f"<pre>{html.escape(json.dumps(summary, indent=2))}</pre>" + "".join(parts)
+    )
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)

@@ -1,0 +1,139 @@
+"""The `actcurate` command: a thin layer over the library (pipeline.run, manifests.audit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from pipeline.errors import UserError
+from pipeline.plan import DEFAULT_SHARD_SIZE
+
+console = Console()
+
+
+class _Group(click.Group):
+    """Errors a user can cause end with one clear line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            Console(stderr=True).print("interrupted; committed shards are kept, run the same command to resume")
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="actcurate")
+def main() -> None:
+    """Curate human-action video datasets on Ray: filter, split, annotate, audit."""
+
+
+@main.command()
+@click.option("--recipe", "-r", required=True, help="Recipe name (quickstart, haic, hmi, hoigen) or YAML path.")
+@click.option("--input", "-i", "input_spec", help="Directory, glob, list file (txt/csv/jsonl/parquet) or s3://prefix.")
+@click.option("--output", "-o", required=True, help="Output folder or s3://bucket/prefix (plan, manifests, commits).")
+@click.option("--shard-size", type=int, default=None, help=f"Videos per shard (default {DEFAULT_SHARD_SIZE}).")
+@click.option("--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE", help="Override a recipe parameter.")
+@click.option("--models-dir", type=click.Path(), help="Folder with model files (also ACTCURATE_MODELS).")
+@click.option("--address", help="Ray cluster address; default: an embedded local Ray.")
+@click.option("--redo-errors", is_flag=True, help="Reprocess the videos whose rows have status=error.")
+@click.option("--allow-recipe-change", is_flag=True, help="Continue an output that was started with another recipe.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal only).")
+def run(recipe, input_spec, output, shard_size, overrides, models_dir, address, redo_errors, allow_recipe_change,
+        progress) -> None:
+    """Run a recipe over the input; resumes where a previous run on OUTPUT stopped."""
+    from pipeline.recipe import load_recipe
+    from pipeline.run import RunOptions, run as run_pipeline
+
+    if models_dir:
+        os.environ["ACTCURATE_MODELS"] = str(Path(models_dir).resolve())
+    loaded = load_recipe(recipe, overrides)
+    result = run_pipeline(RunOptions(
+        recipe=loaded, output=output, input=input_spec, shard_size=shard_size, address=address,
+        redo_errors=redo_errors, allow_recipe_change=allow_recipe_change, progress=progress,
+    ))
+    _print_run_result(result)
+    if result.shards_pending:
+        sys.exit(1)
+
+
+def _print_run_result(result) -> None:
+    if not result.videos_processed:
+        console.print(f"nothing to do: all {result.shards_total} shards of {result.output} are committed")
+        return
+    console.print(
+        f"committed {len(result.shards_committed_now)} shard(s) in {result.seconds:.1f}s "
+        f"({result.shards_committed_before} were already committed, {result.shards_total} in all)"
+    )
+    if result.shards_pending:
+        console.print(f"[red]{len(result.shards_pending)} shard(s) did not complete[/red] "
+                      f"({', '.join(result.shards_pending[:5])}); run the same command again to retry them")
+    console.print(f"next: actcurate audit {result.output}")
+
+
+@main.command()
+@click.argument("output")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(output, as_json) -> None:
+    """Shards committed and pending, and rows by status."""
+    from manifests.audit import status as get_status
+
+    report = get_status(output)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    s, v, r = report["shards"], report["videos"], report["rows"]
+    console.print(f"{report['output']}: shards {s['committed']}/{s['total']} committed, {s['pending']} pending; "
+                  f"videos {v['done']}/{v['total']}")
+    console.print(f"rows {r['total']}: {r['accepted']} accepted, {r['rejected']} rejected, {r['error']} error")
+    if report["pending_shards"]:
+        console.print("pending: " + ", ".join(report["pending_shards"][:20])
+                      + (" ..." if len(report["pending_shards"]) > 20 else ""))
+
+
+@main.command()
+@click.argument("output")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write an HTML report.")
+def audit(output, as_json, html_file) -> None:
+    """The funnel, rejection reasons with their values and thresholds, errors and throughput."""
+    from manifests.audit import audit as get_audit, render_html, render_text
+
+    report = get_audit(output)
+    if html_file:
+        Path(html_file).write_text(render_html(report), encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        render_text(report, console)
+
+
+@main.command()
+@click.option("--output", "-o", default="quickstart_out", show_default=True, type=click.Path(file_okay=False))
+def quickstart(output) -> None:
+    """Offline demo: the quickstart recipe on sample footage and bad inputs, then the audit."""
+    from manifests.audit import audit as get_audit, render_text
+    from pipeline.quickstart import prepare_inputs, reset_output
+    from pipeline.recipe import load_recipe
+    from pipeline.run import RunOptions, run as run_pipeline
+
+    out = Path(output).resolve()
+    reset_output(out)
+    list_file = prepare_inputs(out / "inputs")
+    console.print(f"quickstart: recipe quickstart on {list_file} -> {out}")
+    result = run_pipeline(RunOptions(recipe=load_recipe("quickstart"), output=str(out), input=str(list_file),
+                                     shard_size=4))
+    _print_run_result(result)
+    render_text(get_audit(str(out)), console)
+
+
+if __name__ == "__main__":
+    main()

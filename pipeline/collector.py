@@ -1,0 +1,81 @@
+"""The driver side: gather rows per shard and commit each shard as soon as every one of its videos has reported."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from manifests.schema import clips_to_table
+from pipeline.clip import Clip
+from pipeline.commits import commit_shard
+from pipeline.plan import PlannedVideo
+from pipeline.storage import Store
+
+
+@dataclass
+class _VideoParts:
+    parts: dict[int, list[Clip]] = field(default_factory=dict)
+    last_part: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.last_part is not None and all(p in self.parts for p in range(self.last_part + 1))
+
+    def clips(self) -> list[Clip]:
+        return [c for p in sorted(self.parts) for c in self.parts[p]]
+
+
+class ShardCollector:
+    """Holds rows of pending shards in memory until each shard is complete, then commits it.
+
+    `kept_rows` (for --redo-errors) are a shard's existing manifest rows that are not being redone; they are
+    written back together with the new rows, so the shard's manifest is replaced in one atomic step.
+    """
+
+    def __init__(self, store: Store, schema: pa.Schema, recipe_hash: str, expected: dict[str, list[PlannedVideo]],
+                 order: dict[str, int], kept_rows: dict[str, list[dict]] | None = None,
+                 on_commit: Callable[[str, dict], None] | None = None):
+        self.store, self.schema, self.recipe_hash = store, schema, recipe_hash
+        self.expected = expected
+        self.order = order  # video_id -> position in the plan, for a stable row order in every manifest
+        self.kept_rows = kept_rows or {}
+        self.videos: dict[str, dict[str, _VideoParts]] = {s: {} for s in expected}
+        self.on_commit = on_commit
+        self.committed: list[str] = []
+
+    def add(self, shard_id: str, video_id: str, part: int, last: bool, clips: list[Clip]) -> str | None:
+        """Record one row; returns the shard id if this row completed (and so committed) its shard."""
+        if shard_id not in self.videos:
+            return None  # a row of a shard this run does not own (cannot happen unless the plan changed)
+        state = self.videos[shard_id].setdefault(video_id, _VideoParts())
+        for clip in clips:
+            clip.drop_frames()
+        state.parts[part] = clips
+        if last:
+            state.last_part = part
+        if self._shard_complete(shard_id):
+            self._commit(shard_id)
+            return shard_id
+        return None
+
+    def _shard_complete(self, shard_id: str) -> bool:
+        got = self.videos[shard_id]
+        return all(v.video_id in got and got[v.video_id].complete for v in self.expected[shard_id])
+
+    def _commit(self, shard_id: str) -> None:
+        clips = [c for state in self.videos.pop(shard_id).values() for c in state.clips()]
+        new = clips_to_table(clips, self.schema)
+        rows = self.kept_rows.pop(shard_id, []) + new.to_pylist()
+        order = self.order
+        rows.sort(key=lambda r: (order.get(r["video_id"], -1), r["video_id"], r["clip_index"], r["start_s"]))
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        record = commit_shard(self.store, shard_id, table, self.recipe_hash)
+        self.committed.append(shard_id)
+        if self.on_commit:
+            self.on_commit(shard_id, record)
+
+    @property
+    def pending(self) -> list[str]:
+        return sorted(self.videos)

@@ -1,0 +1,223 @@
+"""Ray Data streaming over a recipe's stages: one Ray row per video (or per part of a long video).
+
+A row carries its clips pickled, frames included, so a stage sees plain `Clip` objects and the engine alone decides
+where each stage runs (tasks for stateless stages, actor pools for stages that load models in `setup()`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.clip import Clip
+from pipeline.plan import PlannedVideo
+from pipeline.recipe import Recipe, StageSpec
+from pipeline.stage import Stage
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("shard_id", pa.string()),
+        ("video_id", pa.string()),
+        ("part", pa.int32()),  # parts of one video, numbered from 0
+        ("last", pa.bool_()),  # True on a video's final part; the driver then knows how many to expect
+        ("clips", pa.binary()),
+    ]
+)
+# A long video's clips leave the splitting stage in parts of about this many bytes of frames.
+DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
+
+
+def encode_row(shard_id: str, video_id: str, part: int, last: bool, clips: list[Clip]) -> dict[str, Any]:
+    for clip in clips:
+        clip.origin = None
+    return {"shard_id": shard_id, "video_id": video_id, "part": part, "last": last,
+            "clips": pickle.dumps(clips, protocol=5)}
+
+
+def decode_clips(data: bytes) -> list[Clip]:
+    return pickle.loads(data)
+
+
+def source_row(video: PlannedVideo) -> dict[str, Any]:
+    clip = Clip(video_id=video.video_id, video_uri=video.uri, shard_id=video.shard_id)
+    return encode_row(video.shard_id, video.video_id, 0, True, [clip])
+
+
+class StageRunner:
+    """Runs one stage over a Ray batch of rows; usable without Ray (tests call it on lists of row dicts)."""
+
+    def __init__(self, stage_cls: type[Stage], params: dict, strip_frames: bool = False,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress_actor: str | None = None):
+        self.stage = stage_cls(stage_cls.Params(**params))
+        self.stage.setup()
+        self.strip_frames = strip_frames
+        self.chunk_bytes = chunk_bytes
+        self.progress = _progress_actor(progress_actor) if progress_actor else None
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        for rows in self.run_rows(batch.to_pylist()):
+            yield pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+
+    def run_rows(self, rows: list[dict]) -> Iterator[list[dict]]:
+        """Yields lists of output rows. Whole-video rows may leave in several parts; parts stay one row each."""
+        name = self.stage.name
+        buffers: list[list[tuple[Clip, bool]]] = [[] for _ in rows]
+        parts_sent = [0] * len(rows)
+        chunkable = [r["part"] == 0 and r["last"] for r in rows]
+        alive: list[Clip] = []
+        for i, row in enumerate(rows):
+            for clip in decode_clips(row["clips"]):
+                clip.origin = i
+                if clip.alive:
+                    alive.append(clip)
+                else:
+                    buffers[i].append((clip, False))
+        clock = [time.perf_counter()]
+
+        def flush(indices: list[int], final: bool) -> list[dict]:
+            processed = [c for i in indices for c, p in buffers[i] if p]
+            now = time.perf_counter()
+            share = (now - clock[0]) / len(processed) if processed else 0.0
+            clock[0] = now
+            for clip in processed:
+                clip.timings[name] = clip.timings.get(name, 0.0) + share
+            out = []
+            for i in indices:
+                clips = [c for c, _ in buffers[i]]
+                if self.strip_frames:
+                    for c in clips:
+                        c.drop_frames()
+                row = rows[i]
+                if chunkable[i]:
+                    out.append(encode_row(row["shard_id"], row["video_id"], parts_sent[i], final, clips))
+                    parts_sent[i] += 1
+                else:
+                    out.append(encode_row(row["shard_id"], row["video_id"], row["part"], row["last"], clips))
+                buffers[i] = []
+            return out
+
+        for clip in self._outputs(alive):
+            i = clip.origin
+            buffers[i].append((clip, True))
+            if chunkable[i] and sum(c.frame_bytes for c, _ in buffers[i]) >= self.chunk_bytes:
+                yield flush([i], final=False)
+        for i, row in enumerate(rows):
+            if not buffers[i] and parts_sent[i] == 0:
+                # A stage must never make a video vanish: record the loss as an error row.
+                lost = Clip(video_id=row["video_id"], video_uri="", shard_id=row["shard_id"])
+                lost.fail(name, RuntimeError("stage produced no rows for this video"))
+                buffers[i].append((lost, False))
+        if self.progress is not None:
+            self.progress.add.remote(name, len(alive), sum(1 for b in buffers for c, p in b if p and c.alive))
+        yield flush(list(range(len(rows))), final=True)
+
+    def _outputs(self, alive: list[Clip]) -> Iterator[Clip]:
+        """The stage's output; if the stage raises for the whole batch, retry clip by clip to isolate the bad one."""
+        done: set[int] = set()
+        try:
+            for clip in self.stage.iter_process(alive):
+                done.add(id(clip))
+                yield clip
+        except Exception:
+            for clip in alive:
+                if id(clip) in done:
+                    continue
+                try:
+                    yield from self.stage.iter_process([clip])
+                except Exception as exc:
+                    clip.fail(self.stage.name, exc)
+                    yield clip
+
+
+def run_stage_batch(batch: pa.Table, **runner_args) -> Iterator[pa.Table]:
+    """Task form of StageRunner, for stages without setup(): cheap to construct on every call."""
+    yield from StageRunner(**runner_args)(batch)
+
+
+def _progress_actor(name: str):
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=namespace())
+    except ValueError:
+        return None
+
+
+def namespace() -> str:
+    return os.environ.get("ACTCURATE_RAY_NAMESPACE", "actcurate")
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Reuse a running Ray (tests share one); else start the embedded local one or join --address."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        namespace=namespace(),
+        configure_logging=True,
+    )
+
+
+def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: str | None = None):
+    import ray
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own per-stage progress replaces Ray's
+    ctx.verbose_stats_logs = False
+    ctx.enable_auto_log_stats = False
+    # A worker that crashes hard (a segfault in a decoder) loses only its block; that video's shard stays
+    # pending and the run reports it, rather than the whole run dying.
+    ctx.max_errored_blocks = -1
+
+    ds = ray.data.from_items([source_row(v) for v in videos], override_num_blocks=max(1, len(videos)))
+    last_frame_reader = _last_frame_reader(recipe.stages)
+    for index, spec in enumerate(recipe.stages):
+        ds = _add_stage(ds, spec, strip_frames=index >= last_frame_reader, progress_actor=progress_actor)
+    return ds
+
+
+def _last_frame_reader(specs: list[StageSpec]) -> int:
+    readers = [i for i, s in enumerate(specs) if s.name == "scenes" or s.build().frame_request() is not None]
+    return max(readers) if readers else -1
+
+
+def _add_stage(ds, spec: StageSpec, strip_frames: bool, progress_actor: str | None):
+    import ray.data
+
+    res = spec.cls.resources
+    runner_args = dict(stage_cls=spec.cls, params=spec.params.model_dump(), strip_frames=strip_frames,
+                       progress_actor=progress_actor)
+    remote_args: dict[str, Any] = {"num_cpus": res.cpus}
+    if res.gpus:
+        remote_args["num_gpus"] = res.gpus
+    if res.memory_gb:
+        remote_args["memory"] = int(res.memory_gb * 1024**3)
+    if spec.cls.needs_actor():
+        return ds.map_batches(
+            StageRunner,
+            fn_constructor_kwargs=runner_args,
+            compute=ray.data.ActorPoolStrategy(min_size=res.min_workers, max_size=res.max_workers),
+            batch_size=res.batch_size,
+            batch_format="pyarrow",
+            **remote_args,
+        )
+    return ds.map_batches(
+        run_stage_batch,
+        fn_kwargs=runner_args,
+        batch_size=res.batch_size,
+        batch_format="pyarrow",
+        **remote_args,
+    )

@@ -1,0 +1,112 @@
+"""Deterministic shard planning, written once to OUT/plan/ and reused by every later run on the same OUT."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.clip import video_id_for
+from pipeline.errors import UserError
+from pipeline.inputs import list_inputs
+from pipeline.storage import Store
+
+PLAN_JSON = "plan/plan.json"
+PLAN_VIDEOS = "plan/videos.parquet"
+DEFAULT_SHARD_SIZE = 64
+
+
+@dataclass(frozen=True)
+class PlannedVideo:
+    uri: str
+    video_id: str
+    shard_id: str
+    order: int  # position in the sorted input; the manifest keeps this order
+
+
+@dataclass
+class Plan:
+    input_spec: str
+    shard_size: int
+    videos: list[PlannedVideo]
+
+    @property
+    def shard_ids(self) -> list[str]:
+        return sorted({v.shard_id for v in self.videos})
+
+    def videos_by_shard(self) -> dict[str, list[PlannedVideo]]:
+        shards: dict[str, list[PlannedVideo]] = {}
+        for v in self.videos:
+            shards.setdefault(v.shard_id, []).append(v)
+        return shards
+
+
+def shard_id_for(index: int) -> str:
+    return f"shard-{index:06d}"
+
+
+def make_plan(input_spec: str, shard_size: int) -> Plan:
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be at least 1 (got {shard_size})")
+    uris = list_inputs(input_spec)
+    videos = [PlannedVideo(uri, video_id_for(uri), shard_id_for(i // shard_size), i) for i, uri in enumerate(uris)]
+    return Plan(input_spec, shard_size, videos)
+
+
+def write_plan(store: Store, plan: Plan) -> None:
+    table = pa.table(
+        {
+            "uri": [v.uri for v in plan.videos],
+            "video_id": [v.video_id for v in plan.videos],
+            "shard_id": [v.shard_id for v in plan.videos],
+            "order": pa.array([v.order for v in plan.videos], pa.int64()),
+        }
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    store.write_bytes(PLAN_VIDEOS, buf.getvalue())
+    meta = {
+        "input": plan.input_spec,
+        "shard_size": plan.shard_size,
+        "videos": len(plan.videos),
+        "shards": len(plan.shard_ids),
+    }
+    # plan.json last: its presence means the plan is complete.
+    store.write_bytes(PLAN_JSON, json.dumps(meta, indent=2).encode())
+
+
+def read_plan(store: Store) -> Plan | None:
+    if not store.exists(PLAN_JSON):
+        return None
+    meta = json.loads(store.read_bytes(PLAN_JSON))
+    table = pq.read_table(io.BytesIO(store.read_bytes(PLAN_VIDEOS)))
+    cols = table.to_pydict()
+    videos = [
+        PlannedVideo(u, vid, s, o)
+        for u, vid, s, o in zip(cols["uri"], cols["video_id"], cols["shard_id"], cols["order"], strict=True)
+    ]
+    return Plan(meta["input"], meta["shard_size"], videos)
+
+
+def load_or_create_plan(store: Store, input_spec: str | None, shard_size: int | None) -> tuple[Plan, bool]:
+    """The existing plan if OUT has one (checked against the options given), else a new one. Returns (plan, created)."""
+    existing = read_plan(store)
+    if existing is not None:
+        if input_spec and input_spec != existing.input_spec:
+            raise UserError(
+                f"{store.root} was planned from input {existing.input_spec!r}, not {input_spec!r}; "
+                "use a new --output for a different input"
+            )
+        if shard_size and shard_size != existing.shard_size:
+            raise UserError(
+                f"{store.root} was planned with --shard-size {existing.shard_size}; resume with the same size or a new --output"
+            )
+        return existing, False
+    if not input_spec:
+        raise UserError(f"{store.root} has no plan yet: pass --input for the first run")
+    plan = make_plan(input_spec, shard_size or DEFAULT_SHARD_SIZE)
+    write_plan(store, plan)
+    return plan, True

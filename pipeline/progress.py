@@ -1,0 +1,117 @@
+"""Progress per stage: rich bars on a terminal, plain log lines otherwise.
+
+Stage workers report counts to a small named Ray actor; the driver polls it from a background thread.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def start_progress_actor(namespace: str, name: str):
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class ProgressCounter:
+        def __init__(self):
+            self.counts: dict[str, list[int]] = {}
+
+        def add(self, stage: str, rows_in: int, rows_out: int) -> None:
+            c = self.counts.setdefault(stage, [0, 0])
+            c[0] += rows_in
+            c[1] += rows_out
+
+        def snapshot(self) -> dict[str, list[int]]:
+            return self.counts
+
+    return ProgressCounter.options(name=name, namespace=namespace).remote()
+
+
+class RunProgress:
+    """Shows clips in and out of every stage and videos committed, with rate and ETA."""
+
+    def __init__(self, stage_names: list[str], total_videos: int, actor=None, console: Console | None = None,
+                 interactive: bool | None = None, log_every_s: float = 10.0):
+        self.stage_names, self.total_videos, self.actor = stage_names, total_videos, actor
+        self.console = console or Console(stderr=True)
+        self.interactive = self.console.is_terminal if interactive is None else interactive
+        self.videos_done = 0
+        self.shards_done = 0
+        self.log_every_s = log_every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._progress: Progress | None = None
+        self._tasks: dict[str, int] = {}
+        self._started = time.monotonic()
+
+    def __enter__(self) -> RunProgress:
+        if self.interactive:
+            self._progress = Progress(
+                TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=self.console, transient=False,
+            )
+            self._progress.start()
+            self._tasks["videos"] = self._progress.add_task("committed", total=self.total_videos, rate="")
+            for name in self.stage_names:
+                self._tasks[name] = self._progress.add_task(name, total=None, rate="")
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self._refresh()
+        if self._progress:
+            self._progress.stop()
+        else:
+            self._log_line()
+
+    def videos_committed(self, n: int) -> None:
+        self.videos_done += n
+        self.shards_done += 1
+
+    def _snapshot(self) -> dict[str, list[int]]:
+        if self.actor is None:
+            return {}
+        import ray
+
+        try:
+            return ray.get(self.actor.snapshot.remote(), timeout=5)
+        except Exception:  # progress is best effort; never fail a run over it
+            return {}
+
+    def _refresh(self) -> dict[str, list[int]]:
+        counts = self._snapshot()
+        if self._progress:
+            elapsed = max(time.monotonic() - self._started, 1e-6)
+            self._progress.update(self._tasks["videos"], completed=self.videos_done,
+                                  rate=f"{self.videos_done / elapsed:.2f} videos/s")
+            for name in self.stage_names:
+                rows_in, rows_out = counts.get(name, [0, 0])
+                self._progress.update(self._tasks[name], completed=rows_in,
+                                      rate=f"out {rows_out}  {rows_in / elapsed:.1f}/s")
+        return counts
+
+    def _log_line(self) -> None:
+        counts = self._snapshot()
+        stages = "  ".join(f"{n} {counts.get(n, [0, 0])[0]}>{counts.get(n, [0, 0])[1]}" for n in self.stage_names)
+        elapsed = time.monotonic() - self._started
+        print(f"[actcurate] {elapsed:7.1f}s  videos committed {self.videos_done}/{self.total_videos}  "
+              f"shards {self.shards_done}  {stages}", file=sys.stderr, flush=True)
+
+    def _poll(self) -> None:
+        last_log = time.monotonic()
+        while not self._stop.wait(0.5):
+            if self._progress:
+                self._refresh()
+            elif time.monotonic() - last_log >= self.log_every_s:
+                self._log_line()
+                last_log = time.monotonic()

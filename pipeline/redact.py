@@ -1,0 +1,21 @@
+"""Keep secrets out of manifests, logs and error messages."""
+
+from __future__ import annotations
+
+import os
+import re
+
+_SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+# Query strings of presigned URLs carry signatures and temporary credentials.
+_SIGNED_QUERY = re.compile(r"([?&](X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|key|token)=)[^&\s'\"]+", re.IGNORECASE)
+
+
+def secret_values() -> list[str]:
+    """Values of environment variables whose names say they are secrets (long enough to be worth hiding)."""
+    return [v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 6]
+
+
+def redact(text: str) -> str:
+    for value in secret_values():
+        text = text.replace(value, "***")
+    return _SIGNED_QUERY.sub(r"\1***", text)

@@ -1,0 +1,159 @@
+"""`actcurate run` as a library call: plan, skip committed shards, stream the rest through Ray, commit per shard."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from manifests.io import read_manifest
+from manifests.schema import manifest_schema
+from pipeline.collector import ShardCollector
+from pipeline.commits import committed_shards
+from pipeline.errors import UserError
+from pipeline.executor import build_dataset, decode_clips, ensure_ray, namespace
+from pipeline.plan import Plan, PlannedVideo, load_or_create_plan
+from pipeline.progress import RunProgress, start_progress_actor
+from pipeline.recipe import Recipe
+from pipeline.storage import Store, check_writable
+
+RUN_JSON = "run.json"
+VERSIONED_PACKAGES = ("actcurate", "ray", "av", "scenedetect", "opencv-python-headless", "pyarrow", "numpy")
+
+
+@dataclass
+class RunOptions:
+    recipe: Recipe
+    output: str
+    input: str | None = None
+    shard_size: int | None = None
+    address: str | None = None
+    redo_errors: bool = False
+    allow_recipe_change: bool = False
+    progress: bool | None = None  # None: bars on a terminal, log lines otherwise
+
+
+@dataclass
+class RunResult:
+    output: str
+    shards_total: int
+    shards_committed_before: int
+    shards_committed_now: list[str] = field(default_factory=list)
+    shards_pending: list[str] = field(default_factory=list)
+    videos_processed: int = 0
+    seconds: float = 0.0
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _record_run(store: Store, opts: RunOptions) -> None:
+    """OUT/run.json holds run-level facts; a different recipe on the same OUT needs --allow-recipe-change."""
+    recipe = opts.recipe
+    info = json.loads(store.read_bytes(RUN_JSON)) if store.exists(RUN_JSON) else None
+    if info and info["recipe_hash"] != recipe.hash and not opts.allow_recipe_change:
+        raise UserError(
+            f"{store.root} was run with recipe {info['recipe']['name']} (hash {info['recipe_hash']}); this recipe "
+            f"has hash {recipe.hash}. Committed shards keep their old results. Pass --allow-recipe-change to "
+            "process the remaining shards with the new recipe, or use a new --output."
+        )
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    history = (info or {}).get("history", [])
+    history.append({"started_at": now, "recipe_hash": recipe.hash, "redo_errors": opts.redo_errors})
+    record = {
+        "recipe": recipe.to_dict(),
+        "recipe_hash": recipe.hash,
+        "recipe_source": recipe.source,
+        "created_at": (info or {}).get("created_at", now),
+        "started_at": now,
+        "packages": package_versions(),
+        "history": history,
+    }
+    store.write_bytes(RUN_JSON, json.dumps(record, indent=2).encode())
+
+
+def _redo_targets(store: Store, plan: Plan, committed: dict[str, dict]):
+    """Videos with an error row in committed shards, and the rows of those shards to keep as they are."""
+    by_id = {v.video_id: v for v in plan.videos}
+    expected: dict[str, list[PlannedVideo]] = {}
+    kept: dict[str, list[dict]] = {}
+    for shard_id, record in sorted(committed.items()):
+        if not record.get("status_counts", {}).get("error"):
+            continue
+        rows = read_manifest(store, shard_id).to_pylist()
+        errored = {r["video_id"] for r in rows if r["status"] == "error"}
+        expected[shard_id] = [by_id[v] for v in sorted(errored, key=lambda v: by_id[v].order) if v in by_id]
+        kept[shard_id] = [r for r in rows if r["video_id"] not in errored]
+    return expected, kept
+
+
+def run(opts: RunOptions) -> RunResult:
+    started = time.monotonic()
+    recipe = opts.recipe
+    for spec in recipe.stages:
+        spec.build().preflight()  # missing models, unreachable endpoints: fail before any video is touched
+    store = Store(opts.output)
+    check_writable(store)
+    plan, _ = load_or_create_plan(store, opts.input, opts.shard_size)
+    _record_run(store, opts)
+    committed = committed_shards(store)
+    shards = plan.videos_by_shard()
+    expected = {s: videos for s, videos in shards.items() if s not in committed}
+    kept: dict[str, list[dict]] = {}
+    if opts.redo_errors:
+        redo_expected, kept = _redo_targets(store, plan, committed)
+        expected.update({s: v for s, v in redo_expected.items() if v})
+    result = RunResult(store.root, len(shards), len(committed))
+    todo = [v for s in sorted(expected) for v in expected[s]]
+    if not todo:
+        result.seconds = time.monotonic() - started
+        return result
+
+    ensure_ray(opts.address)
+    _check_gpus(recipe)
+    stage_columns = {c: t for spec in recipe.stages for c, t in spec.cls.columns.items()}
+    schema = manifest_schema(recipe.stage_names(), stage_columns)
+    actor_name = f"actcurate-progress-{uuid.uuid4().hex[:8]}"
+    actor = start_progress_actor(namespace(), actor_name)
+    collector = ShardCollector(store, schema, recipe.hash, expected, {v.video_id: v.order for v in plan.videos},
+                               kept_rows=kept)
+    dataset = build_dataset(recipe, todo, progress_actor=actor_name)
+    with RunProgress(recipe.stage_names(), len(todo), actor=actor, interactive=opts.progress) as progress:
+        collector.on_commit = lambda shard_id, record: progress.videos_committed(len(expected[shard_id]))
+        for row in dataset.iter_rows():
+            collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
+    _kill_quietly(actor)
+    result.shards_committed_now = collector.committed
+    result.shards_pending = collector.pending
+    result.videos_processed = len(todo)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _check_gpus(recipe: Recipe) -> None:
+    import ray
+
+    gpu_stages = [s.name for s in recipe.stages if s.cls.resources.gpus]
+    if gpu_stages and not ray.cluster_resources().get("GPU"):
+        raise UserError(
+            f"stages {', '.join(gpu_stages)} need a GPU and this Ray cluster has none; choose their CPU backend in "
+            "the recipe or pass --address of a cluster with GPU workers"
+        )
+
+
+def _kill_quietly(actor) -> None:
+    import ray
+
+    try:
+        ray.kill(actor)
+    except Exception:
+        pass
