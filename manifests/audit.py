@@ -37,7 +37,7 @@ def status(output: str) -> dict:
         "videos": {"total": len(plan.videos), "done": done_videos},
         "shards": {"total": len(shards), "committed": len(committed), "pending": len(shards) - len(committed)},
         "pending_shards": [s for s in shards if s not in committed],
-        "rows": {"total": sum(counts.values()), **{k: counts.get(k, 0) for k in ("accepted", "rejected", "error")}},
+        "clips": {"total": sum(counts.values()), **{k: counts.get(k, 0) for k in ("accepted", "rejected", "error")}},
     }
 
 

@@ -23,7 +23,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
             sys.exit(2)
         except KeyboardInterrupt:
             Console(stderr=True).print("interrupted; committed shards are kept, run the same command to resume")
@@ -69,10 +69,9 @@ def _print_run_result(result) -> None:
     if not result.videos_processed:
         console.print(f"nothing to do: all {result.shards_total} shards of {result.output} are committed")
         return
-    console.print(
-        f"committed {len(result.shards_committed_now)} shard(s) in {result.seconds:.1f}s "
-        f"({result.shards_committed_before} were already committed, {result.shards_total} in all)"
-    )
+    done = result.shards_total - len(result.shards_pending)
+    console.print(f"committed {len(result.shards_committed_now)} shard(s) in {result.seconds:.1f}s; "
+                  f"{done} of {result.shards_total} shards of {result.output} are committed")
     if result.shards_pending:
         console.print(f"[red]{len(result.shards_pending)} shard(s) did not complete[/red] "
                       f"({', '.join(result.shards_pending[:5])}); run the same command again to retry them")
@@ -90,10 +89,10 @@ def status(output, as_json) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    s, v, r = report["shards"], report["videos"], report["rows"]
+    s, v, r = report["shards"], report["videos"], report["clips"]
     console.print(f"{report['output']}: shards {s['committed']}/{s['total']} committed, {s['pending']} pending; "
                   f"videos {v['done']}/{v['total']}")
-    console.print(f"rows {r['total']}: {r['accepted']} accepted, {r['rejected']} rejected, {r['error']} error")
+    console.print(f"clips {r['total']}: {r['accepted']} accepted, {r['rejected']} rejected, {r['error']} error")
     if report["pending_shards"]:
         console.print("pending: " + ", ".join(report["pending_shards"][:20])
                       + (" ..." if len(report["pending_shards"]) > 20 else ""))

@@ -21,8 +21,9 @@ def video_id_for(uri: str) -> str:
 
 
 def clip_id_for(video_id: str, start_s: float, end_s: float | None) -> str:
-    end_ms = -1 if end_s is None else round(end_s * 1000)
-    return f"{video_id}-{round(start_s * 1000):09d}-{end_ms:09d}"
+    """`<video_id>-<start ms>-<end ms>`; a row whose span is unknown (the file never opened) ends in `unknown`."""
+    end = "unknown" if end_s is None else f"{round(end_s * 1000):09d}"
+    return f"{video_id}-{round(start_s * 1000):09d}-{end}"
 
 
 @dataclass

@@ -71,8 +71,10 @@ class StageRunner:
         parts_sent = [0] * len(rows)
         chunkable = [r["part"] == 0 and r["last"] for r in rows]
         alive: list[Clip] = []
+        uris = [""] * len(rows)
         for i, row in enumerate(rows):
             for clip in decode_clips(row["clips"]):
+                uris[i] = clip.video_uri
                 clip.origin = i
                 if clip.alive:
                     alive.append(clip)
@@ -81,7 +83,9 @@ class StageRunner:
         clock = [time.perf_counter()]
 
         def flush(indices: list[int], final: bool) -> list[dict]:
-            processed = [c for i in indices for c, p in buffers[i] if p]
+            # Stages that time each clip themselves (the per-clip default) keep their figure; a batch-level
+            # process() is charged evenly over the clips it returned.
+            processed = [c for i in indices for c, p in buffers[i] if p and name not in c.timings]
             now = time.perf_counter()
             share = (now - clock[0]) / len(processed) if processed else 0.0
             clock[0] = now
@@ -110,7 +114,7 @@ class StageRunner:
         for i, row in enumerate(rows):
             if not buffers[i] and parts_sent[i] == 0:
                 # A stage must never make a video vanish: record the loss as an error row.
-                lost = Clip(video_id=row["video_id"], video_uri="", shard_id=row["shard_id"])
+                lost = Clip(video_id=row["video_id"], video_uri=uris[i], shard_id=row["shard_id"])
                 lost.fail(name, RuntimeError("stage produced no rows for this video"))
                 buffers[i].append((lost, False))
         if self.progress is not None:
@@ -159,11 +163,12 @@ def ensure_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    logging.getLogger("ray").setLevel(logging.WARNING)
+    # Ray's start-up chatter (token-auth notice, deprecations) is not for the curation user: errors only.
+    logging.getLogger("ray").setLevel(logging.ERROR)
     ray.init(
         address=address,
         include_dashboard=False,
-        logging_level=logging.WARNING,
+        logging_level=logging.ERROR,
         namespace=namespace(),
         configure_logging=True,
     )

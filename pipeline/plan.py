@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from pipeline.clip import video_id_for
 from pipeline.errors import UserError
 from pipeline.inputs import list_inputs
-from pipeline.storage import Store
+from pipeline.storage import Store, check_writable, is_s3, normalize_uri
 
 PLAN_JSON = "plan/plan.json"
 PLAN_VIDEOS = "plan/videos.parquet"
@@ -91,11 +91,19 @@ def read_plan(store: Store) -> Plan | None:
     return Plan(meta["input"], meta["shard_size"], videos)
 
 
+def same_input(a: str, b: str) -> bool:
+    """`videos`, `./videos/` and its absolute path name the same input."""
+    def norm(spec: str) -> str:
+        return spec.rstrip("/") if is_s3(spec) else normalize_uri(spec).rstrip("/")
+
+    return norm(a) == norm(b)
+
+
 def load_or_create_plan(store: Store, input_spec: str | None, shard_size: int | None) -> tuple[Plan, bool]:
     """The existing plan if OUT has one (checked against the options given), else a new one. Returns (plan, created)."""
     existing = read_plan(store)
     if existing is not None:
-        if input_spec and input_spec != existing.input_spec:
+        if input_spec and not same_input(input_spec, existing.input_spec):
             raise UserError(
                 f"{store.root} was planned from input {existing.input_spec!r}, not {input_spec!r}; "
                 "use a new --output for a different input"
@@ -107,6 +115,7 @@ def load_or_create_plan(store: Store, input_spec: str | None, shard_size: int | 
         return existing, False
     if not input_spec:
         raise UserError(f"{store.root} has no plan yet: pass --input for the first run")
-    plan = make_plan(input_spec, shard_size or DEFAULT_SHARD_SIZE)
+    plan = make_plan(input_spec, shard_size or DEFAULT_SHARD_SIZE)  # a bad input fails before OUT is created
+    check_writable(store)
     write_plan(store, plan)
     return plan, True

@@ -102,8 +102,9 @@ def run(opts: RunOptions) -> RunResult:
     for spec in recipe.stages:
         spec.build().preflight()  # missing models, unreachable endpoints: fail before any video is touched
     store = Store(opts.output)
-    check_writable(store)
-    plan, _ = load_or_create_plan(store, opts.input, opts.shard_size)
+    plan, created = load_or_create_plan(store, opts.input, opts.shard_size)
+    if not created:
+        check_writable(store)
     _record_run(store, opts)
     committed = committed_shards(store)
     shards = plan.videos_by_shard()

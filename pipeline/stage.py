@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -84,19 +85,26 @@ class Stage:
 
     def _each(self, clips: list[Clip]) -> Iterator[Clip]:
         for clip in clips:
+            started = time.perf_counter()
             try:
                 produced = self.process_clip(clip)
                 if produced is None:
-                    yield clip
+                    yield self._charge(clip, started)
                     continue
                 yielded_any = False
-                for out in produced:
+                for out in produced:  # a generator: each output is charged the work done since the last one
                     yielded_any = True
-                    yield out
+                    yield self._charge(out, started)
+                    started = time.perf_counter()
                 if not yielded_any:
                     raise RuntimeError(f"stage {self.name} produced no rows for this clip")
             except Exception as exc:  # one clip's failure becomes its error row; the batch goes on
-                yield from self.recover(clip, exc)
+                for out in self.recover(clip, exc):
+                    yield self._charge(out, started)
+
+    def _charge(self, clip: Clip, started: float) -> Clip:
+        clip.timings[self.name] = clip.timings.get(self.name, 0.0) + time.perf_counter() - started
+        return clip
 
     def recover(self, clip: Clip, exc: Exception) -> Iterator[Clip]:
         """Rows to emit when processing `clip` raised; splitting stages override to keep what they already emitted."""

@@ -37,6 +37,8 @@ def open_video(uri: str) -> av.container.InputContainer:
         raise FileNotFoundError(f"no such file: {uri}") from None
     except PermissionError:
         raise PermissionError(f"permission denied: {uri}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"is a directory, not a video file: {uri}") from None
     except av.error.FFmpegError as exc:
         raise VideoOpenError(f"not a readable video container ({exc.strerror or exc})") from None
 

@@ -15,6 +15,7 @@ import av
 import cv2
 import numpy as np
 import pyarrow as pa
+from av.video.reformatter import VideoReformatter
 from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 
 from pipeline.clip import Clip
@@ -125,8 +126,10 @@ class _VideoSplitter:
             stream.thread_type = "AUTO"
             ctx = stream.codec_context
             fps = float(stream.average_rate or stream.guessed_rate or 30)
-            detect_w = min(self.params.detect_width, ctx.width)
-            detect_h = max(4, round(ctx.height * detect_w / ctx.width / 4) * 4)
+            # PySceneDetect's own downscale: factor width/detect_width, sides rounded.
+            factor = max(1.0, ctx.width / self.params.detect_width)
+            detect_w, detect_h = max(1, round(ctx.width / factor)), max(1, round(ctx.height / factor))
+            converter = FrameConverter()
             keep_size = _keep_size(ctx.width, ctx.height, self._sar(stream), keep.max_side) if keep else None
             detector = self.stage._detector()
             next_keep_s = -math.inf
@@ -134,10 +137,10 @@ class _VideoSplitter:
             for index, frame in enumerate(container.decode(stream)):
                 t = frame.time if frame.time is not None else (self.times[-1] + 1 / fps if self.times else 0.0)
                 self.times.append(t)
-                small = small_image(frame, detect_w, detect_h, "bgr")
+                small = converter.detection_image(frame, detect_w, detect_h)
                 cuts = detector.process_frame(FrameTimecode(index, fps), small)
                 if keep and t >= next_keep_s:
-                    image = small_image(frame, keep_size[0], keep_size[1], "rgb")
+                    image = converter.kept_image(frame, keep_size[0], keep_size[1])
                     self.kept.append((t, _rotate(image, frame.rotation)))
                     next_keep_s = (t if next_keep_s == -math.inf else next_keep_s) + 1 / keep.fps
                 for cut in cuts:
@@ -212,40 +215,35 @@ class _VideoSplitter:
         return clip
 
 
-_I420_TO = {"bgr": cv2.COLOR_YUV2BGR_I420, "rgb": cv2.COLOR_YUV2RGB_I420}
+class FrameConverter:
+    """Frame to downscaled BGR/RGB ndarray, reusing one swscale context per video (single-threaded: the decoder
+    already uses the cores, and a context per frame costs more than the conversion)."""
 
+    def __init__(self):
+        self._reformatter = VideoReformatter()
 
-def small_image(frame: av.VideoFrame, width: int, height: int, order: str) -> np.ndarray:
-    """A downscaled BGR or RGB image of a decoded frame, converted at the small size.
+    def detection_image(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+        """Exactly what PySceneDetect scores: the full frame in BGR, then cv2's linear resize.
 
-    For yuv420p (nearly every web video) the planes are resized first and converted after: a fraction of the
-    cost of converting the full frame, and it scores the same as PySceneDetect's convert-then-resize path.
-    The I420 layout needs an even width and a height divisible by 4; other sizes and formats take the slow path.
-    """
-    if frame.format.name == "yuv420p" and width % 2 == 0 and height % 4 == 0:
-        y, u, v = (_plane(p) for p in frame.planes)
-        y = cv2.resize(y, (width, height), interpolation=cv2.INTER_LINEAR)
-        u = cv2.resize(u, (width // 2, height // 2), interpolation=cv2.INTER_LINEAR)
-        v = cv2.resize(v, (width // 2, height // 2), interpolation=cv2.INTER_LINEAR)
-        i420 = np.concatenate([y, u.reshape(-1, width), v.reshape(-1, width)])
-        return cv2.cvtColor(i420, _I420_TO[order])
-    image = frame.to_ndarray(format="bgr24" if order == "bgr" else "rgb24")
-    if image.shape[:2] != (height, width):
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    return image
+        Cheaper orders (resize the YUV planes first, or let swscale scale) shift near-black colours enough to
+        move cuts at fades, so detection keeps PySceneDetect's order and its results.
+        """
+        image = self._reformatter.reformat(frame, format="bgr24", threads=1).to_ndarray()
+        if (width, height) != (frame.width, frame.height):
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        return image
 
-
-def _plane(plane) -> np.ndarray:
-    """A plane's pixels without the decoder's row padding (a view, no copy)."""
-    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
-    return rows[:, : plane.width]
+    def kept_image(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+        """A frame for later stages: RGB, scaled by swscale in one pass (only a few frames per second)."""
+        return self._reformatter.reformat(frame, width=width, height=height, format="rgb24",
+                                          interpolation="AREA", threads=1).to_ndarray()
 
 
 def _keep_size(width: int, height: int, sar: float, max_side: int) -> tuple[int, int]:
-    """Size of kept frames: square pixels, long side at most max_side, sized for the fast I420 path."""
+    """Size of kept frames: square pixels, long side at most max_side, even sides."""
     display_w = width * sar
     scale = min(1.0, max_side / max(display_w, height))
-    return max(2, round(display_w * scale / 2) * 2), max(4, round(height * scale / 4) * 4)
+    return max(2, round(display_w * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
 def _rotate(image: np.ndarray, rotation: float | None) -> np.ndarray:

@@ -1,0 +1,54 @@
+"""Shared fixtures: one local Ray for the whole session, the shared real clips, the repo's paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_VIDEOS = REPO.parent / "shared" / "videos"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray for every test that runs the executor (ray.init costs about 4 s here)."""
+    import ray
+
+    from pipeline.executor import ensure_ray
+
+    ensure_ray()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_videos() -> Path:
+    if not SHARED_VIDEOS.is_dir():
+        pytest.skip(f"the shared sample clips are not here ({SHARED_VIDEOS}); a user's fresh clone does not have them")
+    return SHARED_VIDEOS
+
+
+@pytest.fixture(autouse=True)
+def _no_cloud_credentials(monkeypatch):
+    """Tests never talk to real AWS: any S3 test sets its own endpoint (a moto server on 127.0.0.1)."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    yield
+
+
+def clip_rows(store_root: str) -> list[dict]:
+    """Every manifest row of an output, sorted, with timings removed (they differ between runs)."""
+    from manifests.io import read_manifests
+    from pipeline.commits import committed_shards
+    from pipeline.storage import Store
+
+    store = Store(store_root)
+    table = read_manifests(store, sorted(committed_shards(store)))
+    rows = table.drop_columns(["timings"]).to_pylist() if table is not None else []
+    return sorted(rows, key=lambda r: (r["video_uri"], r["clip_index"]))
+
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")

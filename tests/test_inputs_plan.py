@@ -1,0 +1,73 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.inputs import list_inputs
+from pipeline.plan import load_or_create_plan, make_plan, read_plan
+from pipeline.storage import Store
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    for rel in ["a/one.mp4", "a/deep/two.MKV", "a/deep/notes.txt", "b ü.webm", "a/cover.jpg"]:
+        (tmp_path / rel).write_bytes(b"x")
+    return tmp_path
+
+
+def test_directory_is_recursive_and_filters_extensions(tree):
+    uris = list_inputs(str(tree))
+    assert [u.removeprefix(str(tree)) for u in uris] == ["/a/deep/two.MKV", "/a/one.mp4", "/b ü.webm"]
+
+
+def test_glob(tree):
+    assert [u.rsplit("/", 1)[1] for u in list_inputs(str(tree / "a" / "**" / "*.mp4"))] == ["one.mp4"]
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "jsonl", "parquet"])
+def test_list_files_dedupe_and_resolve_relative_entries(tree, fmt):
+    entries = ["a/one.mp4", str(tree / "a/one.mp4"), "missing.mp4", "s3://bucket/x.mp4"]
+    path = tree / f"list.{fmt}"
+    if fmt == "txt":
+        path.write_text("# comment\n" + "\n".join(entries) + "\n\n")
+    elif fmt == "csv":
+        path.write_text("uri,label\n" + "".join(f"{e},x\n" for e in entries))
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps({"uri": e}) + "\n" for e in entries))
+    else:
+        pq.write_table(pa.table({"uri": entries}), path)
+    uris = list_inputs(str(path))
+    # The same file named twice (relative and absolute) is planned once; a missing entry is kept for its error row.
+    assert uris == sorted([str(tree / "a/one.mp4"), str(tree / "missing.mp4"), "s3://bucket/x.mp4"])
+
+
+def test_input_errors_are_clear(tree):
+    with pytest.raises(UserError, match="input not found"):
+        list_inputs(str(tree / "nope"))
+    (tree / "empty").mkdir()
+    with pytest.raises(UserError, match="no videos found"):
+        list_inputs(str(tree / "empty"))
+    bad = tree / "bad.csv"
+    bad.write_text("path\nx.mp4\n")
+    with pytest.raises(UserError, match="no 'uri' column"):
+        list_inputs(str(bad))
+
+
+def test_plan_is_deterministic_and_written_once(tree, tmp_path):
+    p1 = make_plan(str(tree), 2)
+    p2 = make_plan(str(tree), 2)
+    assert p1.videos == p2.videos
+    assert [v.shard_id for v in p1.videos] == ["shard-000000", "shard-000000", "shard-000001"]
+    store = Store(str(tmp_path / "out"))
+    plan, created = load_or_create_plan(store, str(tree), 2)
+    assert created and read_plan(store).videos == plan.videos
+    (tree / "a" / "new.mp4").write_bytes(b"x")  # a later file does not change the written plan
+    again, created = load_or_create_plan(store, str(tree), None)
+    assert not created and again.videos == plan.videos
+    with pytest.raises(UserError, match="shard-size"):
+        load_or_create_plan(store, None, 5)
+    with pytest.raises(UserError, match="planned from input"):
+        load_or_create_plan(store, str(tree / "a"), None)
