@@ -36,8 +36,10 @@ class RunProgress:
     """Shows clips in and out of every stage and videos committed, with rate and ETA."""
 
     def __init__(self, stage_names: list[str], total_videos: int, actor=None, console: Console | None = None,
-                 interactive: bool | None = None, log_every_s: float = 10.0):
+                 interactive: bool | None = None, log_every_s: float = 10.0, video_level_stages: int = 0):
         self.stage_names, self.total_videos, self.actor = stage_names, total_videos, actor
+        # The first stages (up to the one that splits videos into clips) see one row per video: their total is known.
+        self.video_level_stages = video_level_stages
         self.console = console or Console(stderr=True)
         self.interactive = self.console.is_terminal if interactive is None else interactive
         self.videos_done = 0
@@ -58,8 +60,9 @@ class RunProgress:
             )
             self._progress.start()
             self._tasks["videos"] = self._progress.add_task("committed", total=self.total_videos, rate="")
-            for name in self.stage_names:
-                self._tasks[name] = self._progress.add_task(name, total=None, rate="")
+            for k, name in enumerate(self.stage_names):
+                total = self.total_videos if k < self.video_level_stages else None
+                self._tasks[name] = self._progress.add_task(name, total=total, rate="")
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
         return self

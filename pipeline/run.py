@@ -128,7 +128,10 @@ def run(opts: RunOptions) -> RunResult:
     collector = ShardCollector(store, schema, recipe.hash, expected, {v.video_id: v.order for v in plan.videos},
                                kept_rows=kept)
     dataset = build_dataset(recipe, todo, progress_actor=actor_name)
-    with RunProgress(recipe.stage_names(), len(todo), actor=actor, interactive=opts.progress) as progress:
+    splits = [i for i, spec in enumerate(recipe.stages) if spec.cls.splits]
+    video_level = splits[0] + 1 if splits else len(recipe.stages)
+    with RunProgress(recipe.stage_names(), len(todo), actor=actor, interactive=opts.progress,
+                     video_level_stages=video_level) as progress:
         collector.on_commit = lambda shard_id, record: progress.videos_committed(len(expected[shard_id]))
         for row in dataset.iter_rows():
             collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
