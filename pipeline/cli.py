@@ -115,6 +115,48 @@ def audit(output, as_json, html_file) -> None:
         render_text(report, console)
 
 
+@main.group()
+def models() -> None:
+    """Model files: list the registry, pull files, show where a model resolves."""
+
+
+@models.command("list")
+def models_list() -> None:
+    from rich.table import Table
+
+    from pipeline.models import REGISTRY, find
+
+    table = Table()
+    for col in ("name", "file", "licence", "present at", "description"):
+        table.add_column(col)
+    for name, artifact in sorted(REGISTRY.items()):
+        path = find(name)
+        table.add_row(name, artifact.filename, artifact.licence, str(path) if path else "[red]missing[/red]",
+                      artifact.description)
+    console.print(table)
+
+
+@models.command("pull")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--dest", type=click.Path(file_okay=False), help="Folder to write to (default: the cache).")
+def models_pull(names, dest) -> None:
+    from pipeline.models import get_artifact, pull
+
+    for name in names:
+        get_artifact(name)  # every name checked before any download starts
+    for name in names:
+        path, note = pull(name, Path(dest) if dest else None)
+        console.print(f"{name}: {path} ({note})")
+
+
+@models.command("path")
+@click.argument("name")
+def models_path(name) -> None:
+    from pipeline.models import resolve
+
+    click.echo(resolve(name))
+
+
 @main.command()
 @click.option("--output", "-o", default="quickstart_out", show_default=True, type=click.Path(file_okay=False))
 def quickstart(output) -> None:

@@ -1,0 +1,206 @@
+"""The model registry: named artifacts, where to find them, and `actcurate models pull` to fetch them.
+
+Resolution order for a model: an explicit path in the recipe, then the model folder (`--models-dir` or
+ACTCURATE_MODELS), then the cache (ACTCURATE_CACHE, default ~/.cache/actcurate/models). Nothing downloads at run
+time: a missing model is an error at start-up that names the model and the command that fetches it.
+
+`pull` resumes a partial download (`<file>.part`, HTTP Range), checks size and sha256, and only then renames the
+file to its final name, so a corrupt file never sits under that name. Where the registry knows no checksum, the
+first pull pins the one it computed (trust on first use) in `<file>.sha256` beside the file and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+HF_DEFAULT_ENDPOINT = "https://huggingface.co"
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    name: str
+    filename: str
+    # Where it comes from: "hf:<repo>/<path in repo>" (fetched from HF_ENDPOINT, default huggingface.co) or a URL.
+    source: str
+    licence: str
+    description: str
+    sha256: str | None = None  # None: pinned at the first pull
+    size: int | None = None
+    mirrors: tuple[str, ...] = ()
+
+    def urls(self) -> list[str]:
+        return [_source_url(s) for s in (self.source, *self.mirrors)]
+
+
+def _source_url(source: str) -> str:
+    if source.startswith("hf:"):
+        repo_and_path = source[3:]
+        owner, repo, path = repo_and_path.split("/", 2)
+        endpoint = os.environ.get("HF_ENDPOINT", HF_DEFAULT_ENDPOINT).rstrip("/")
+        return f"{endpoint}/{owner}/{repo}/resolve/main/{path}"
+    return source
+
+
+REGISTRY: dict[str, ModelArtifact] = {}
+
+
+def register(artifact: ModelArtifact) -> ModelArtifact:
+    REGISTRY[artifact.name] = artifact
+    return artifact
+
+
+# DWPose (Yang et al., ICCV 2023 workshops): YOLOX-L person detector and the whole-body (133 keypoint) pose model.
+register(ModelArtifact(
+    name="dwpose-det",
+    filename="yolox_l.onnx",
+    source="hf:yzd-v/DWPose/yolox_l.onnx",
+    licence="Apache-2.0",
+    description="YOLOX-L person detector used by DWPose (input 640x640, output dets or raw head)",
+))
+register(ModelArtifact(
+    name="dwpose-pose",
+    filename="dw-ll_ucoco_384.onnx",
+    source="hf:yzd-v/DWPose/dw-ll_ucoco_384.onnx",
+    licence="Apache-2.0",
+    description="DWPose whole-body pose, 133 keypoints, input 288x384, SimCC outputs",
+))
+
+
+def get_artifact(name: str) -> ModelArtifact:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}") from None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ACTCURATE_CACHE") or Path.home() / ".cache" / "actcurate" / "models")
+
+
+def models_dir() -> Path | None:
+    value = os.environ.get("ACTCURATE_MODELS")
+    return Path(value) if value else None
+
+
+def candidate_paths(name: str) -> list[Path]:
+    artifact = get_artifact(name)
+    folders = [d for d in (models_dir(), cache_dir()) if d is not None]
+    return [d / artifact.filename for d in folders]
+
+
+def find(name: str, explicit: str | None = None) -> Path | None:
+    if explicit:
+        path = Path(explicit).expanduser()
+        return path if path.is_file() else None
+    return next((p for p in candidate_paths(name) if p.is_file()), None)
+
+
+def resolve(name: str, explicit: str | None = None) -> Path:
+    """The model's file, or a UserError saying where it looked and how to fetch it."""
+    path = find(name, explicit)
+    if path is not None:
+        return path
+    if explicit:
+        raise UserError(f"model {name}: the recipe names {explicit}, which does not exist")
+    looked = ", ".join(str(p) for p in candidate_paths(name))
+    raise UserError(f"model {name} is missing (looked in {looked}); fetch it with `actcurate models pull {name}`"
+                    " or put the file in --models-dir")
+
+
+# -- pull ---------------------------------------------------------------------------------------------------------
+class ChecksumMismatch(UserError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(url: str, part: Path, on_bytes: Callable[[int, int | None], None] | None, timeout: float) -> None:
+    """Append to `part` from where it stops (HTTP Range); restart from zero if the server ignores the range."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "actcurate"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    token = os.environ.get("HF_TOKEN")
+    if token and "huggingface" in url:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # the part file is already whole
+            return
+        raise
+    with response:
+        resumed = response.status == 206
+        mode = "ab" if resumed else "wb"
+        length = response.headers.get("Content-Length")
+        total = (int(length) + (have if resumed else 0)) if length else None
+        done = have if resumed else 0
+        with open(part, mode) as f:
+            while chunk := response.read(CHUNK):
+                f.write(chunk)
+                done += len(chunk)
+                if on_bytes:
+                    on_bytes(done, total)
+        if total is not None and done < total:
+            raise OSError(f"connection closed after {done} of {total} bytes")
+
+
+def pull(name: str, dest_dir: Path | None = None, on_bytes: Callable[[int, int | None], None] | None = None,
+         timeout: float = 60.0) -> tuple[Path, str]:
+    """Fetch a model into dest_dir (default: the cache). Returns (path, note) where note says what was checked."""
+    artifact = get_artifact(name)
+    folder = dest_dir or cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / artifact.filename
+    pin = folder / f"{artifact.filename}.sha256"
+    expected = artifact.sha256 or (pin.read_text().split()[0] if pin.exists() else None)
+    if final.exists():
+        if expected and _sha256(final) == expected:
+            return final, "already present, checksum verified"
+        if not expected:  # placed by hand: pin what is there rather than download it again
+            pin.write_text(f"{_sha256(final)}  {artifact.filename}\n")
+            return final, f"already present; no published checksum, pinned its sha256 in {pin.name}"
+    part = folder / f"{artifact.filename}.part"
+    errors = []
+    for url in artifact.urls():
+        try:
+            _download(url, part, on_bytes, timeout)
+            break
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            errors.append(f"{_host(url)}: {getattr(exc, 'reason', None) or exc}")
+    else:
+        raise UserError(f"could not download model {name} ({'; '.join(errors)}); the partial file is kept and the"
+                        " next pull resumes it")
+    size = part.stat().st_size
+    if artifact.size is not None and size != artifact.size:
+        part.unlink()
+        raise ChecksumMismatch(f"model {name}: downloaded {size} bytes, expected {artifact.size}; removed it, pull again")
+    digest = _sha256(part)
+    if expected and digest != expected:
+        part.unlink()
+        raise ChecksumMismatch(f"model {name}: sha256 {digest} does not match the expected {expected}; removed the"
+                               " download")
+    os.replace(part, final)
+    if expected:
+        return final, "checksum verified"
+    pin.write_text(f"{digest}  {artifact.filename}\n")
+    return final, f"no published checksum: pinned sha256 {digest} on first use in {pin.name}"
+
+
+def _host(url: str) -> str:
+    return urllib.request.urlparse(url).netloc
