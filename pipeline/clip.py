@@ -26,6 +26,20 @@ def clip_id_for(video_id: str, start_s: float, end_s: float | None) -> str:
     return f"{video_id}-{round(start_s * 1000):09d}-{end}"
 
 
+def sample_indices(times: list[float], fps: float) -> list[int]:
+    """Indices of the kept frames at `fps`, on the grid the scenes stage keeps frames on (the next frame at or after
+    the previous pick + 1/fps). The scenes stage keeps the highest rate any stage asks for; a stage at that rate
+    reads every kept frame, one at a lower rate a regular subset, and stages at equal rates read the same frames."""
+    picked, next_t = [], None
+    for i, t in enumerate(times):
+        if next_t is None or t >= next_t - 1e-6:
+            picked.append(i)
+            next_t = (t if next_t is None else next_t) + 1 / fps
+            while next_t <= t - 1e-6:  # a gap in the kept frames: restart the grid here
+                next_t += 1 / fps
+    return picked
+
+
 @dataclass
 class Clip:
     video_id: str

@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline.clip import Clip
 from pipeline.plan import PlannedVideo
 from pipeline.recipe import Recipe, StageSpec
-from pipeline.stage import Stage
+from pipeline.stage import Resources, Stage
 
 ROW_SCHEMA = pa.schema(
     [
@@ -165,8 +165,11 @@ def ensure_ray(address: str | None = None) -> None:
         return
     # Ray's start-up chatter (token-auth notice, deprecations) is not for the curation user: errors only.
     logging.getLogger("ray").setLevel(logging.ERROR)
+    # Workers find models through the same folders as the driver (not secrets, so they may travel).
+    model_env = {k: os.environ[k] for k in ("ACTCURATE_MODELS", "ACTCURATE_CACHE") if os.environ.get(k)}
     ray.init(
         address=address,
+        runtime_env={"env_vars": model_env} if model_env else None,
         include_dashboard=False,
         logging_level=logging.ERROR,
         namespace=namespace(),
@@ -189,9 +192,31 @@ def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: st
 
     ds = ray.data.from_items([source_row(v) for v in videos], override_num_blocks=max(1, len(videos)))
     last_frame_reader = _last_frame_reader(recipe.stages)
+    cluster = ray.cluster_resources()
+    planned = plan_resources(recipe.stages, cluster.get("CPU", 1.0), cluster.get("GPU", 0.0))
     for index, spec in enumerate(recipe.stages):
-        ds = _add_stage(ds, spec, strip_frames=index >= last_frame_reader, progress_actor=progress_actor)
+        ds = _add_stage(ds, spec, planned[spec.name], strip_frames=index >= last_frame_reader,
+                        progress_actor=progress_actor)
     return ds
+
+
+def plan_resources(specs: list[StageSpec], cluster_cpus: float, cluster_gpus: float) -> dict[str, Resources]:
+    """Each stage's resources on this cluster, shrunk where they could never all be granted together.
+
+    Every actor pool holds its minimum actors for the whole run. If those, plus the largest task stage, ask for
+    more CPUs than the cluster has, the task stage waits for ever (a deadlock on a laptop). Then the actors' CPU
+    shares are scaled down to leave the task stages room: logical CPUs only, the work still runs.
+    """
+    planned = {s.name: s.build().resources_for(cluster_gpus) for s in specs}
+    actors = [s.name for s in specs if s.cls.needs_actor()]
+    tasks = [s.name for s in specs if not s.cls.needs_actor()]
+    held = sum(planned[n].cpus * planned[n].min_workers for n in actors)
+    task_room = max((planned[n].cpus for n in tasks), default=0.0)
+    if actors and held + task_room > cluster_cpus:
+        scale = max(cluster_cpus - task_room, 0.1 * cluster_cpus) / held
+        for name in actors:
+            planned[name] = planned[name].model_copy(update={"cpus": round(planned[name].cpus * scale, 3)})
+    return planned
 
 
 def _last_frame_reader(specs: list[StageSpec]) -> int:
@@ -199,10 +224,9 @@ def _last_frame_reader(specs: list[StageSpec]) -> int:
     return max(readers) if readers else -1
 
 
-def _add_stage(ds, spec: StageSpec, strip_frames: bool, progress_actor: str | None):
+def _add_stage(ds, spec: StageSpec, res: Resources, strip_frames: bool, progress_actor: str | None):
     import ray.data
 
-    res = spec.cls.resources
     runner_args = dict(stage_cls=spec.cls, params=spec.params.model_dump(), strip_frames=strip_frames,
                        progress_actor=progress_actor)
     remote_args: dict[str, Any] = {"num_cpus": res.cpus}

@@ -74,6 +74,27 @@ register(ModelArtifact(
     description="DWPose whole-body pose, 133 keypoints, input 288x384, SimCC outputs",
 ))
 
+# The aesthetic stage: LAION improved aesthetic predictor = CLIP ViT-L/14 (OpenAI weights, open_clip format; the file
+# open_clip 3.3 itself fetches for ("ViT-L-14", "openai")) + the linearMSE MLP head. The head's sha256 is the one
+# published alongside its GitHub URL by several independent projects (3,714,759 bytes); the CLIP file's is pinned
+# at the first pull.
+register(ModelArtifact(
+    name="clip-vit-l-14-openai",
+    filename="open_clip_vit_l_14_openai.safetensors",
+    source="hf:timm/vit_large_patch14_clip_224.openai/open_clip_model.safetensors",
+    licence="MIT (OpenAI CLIP)",
+    description="CLIP ViT-L/14, OpenAI weights in open_clip format (about 1.7 GB)",
+))
+register(ModelArtifact(
+    name="laion-aesthetic-head",
+    filename="sac+logos+ava1-l14-linearMSE.pth",
+    source="https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac%2Blogos%2Bava1-l14-linearMSE.pth",
+    mirrors=("hf:camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth",),
+    sha256="21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0",
+    licence="Apache-2.0",
+    description="LAION improved aesthetic predictor: MLP head on CLIP ViT-L/14 image embeddings",
+))
+
 
 def get_artifact(name: str) -> ModelArtifact:
     try:

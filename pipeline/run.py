@@ -146,8 +146,9 @@ def run(opts: RunOptions) -> RunResult:
 def _check_gpus(recipe: Recipe) -> None:
     import ray
 
-    gpu_stages = [s.name for s in recipe.stages if s.cls.resources.gpus]
-    if gpu_stages and not ray.cluster_resources().get("GPU"):
+    cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
+    gpu_stages = [s.name for s in recipe.stages if s.build().resources_for(cluster_gpus).gpus]
+    if gpu_stages and not cluster_gpus:
         raise UserError(
             f"stages {', '.join(gpu_stages)} need a GPU and this Ray cluster has none; choose their CPU backend in "
             "the recipe or pass --address of a cluster with GPU workers"

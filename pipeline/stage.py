@@ -57,6 +57,11 @@ class Stage:
     def setup(self) -> None:
         """Load models once per worker. Stages that override this run in a Ray actor pool."""
 
+    def resources_for(self, cluster_gpus: float) -> Resources:
+        """What this stage asks of the cluster it is about to run on (a stage on `device: auto` takes a GPU share
+        only where there are GPUs)."""
+        return self.resources
+
     def preflight(self) -> None:
         """Checks on the driver before any video is touched (models present, endpoint reachable); raise UserError."""
 

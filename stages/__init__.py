@@ -1,9 +1,13 @@
 """Stages, one module each; STAGES maps recipe names to classes, in the order a pipeline runs them."""
 
 from pipeline.stage import Stage
+from stages.aesthetic import AestheticStage
+from stages.motion import MotionStage
+from stages.ocr import OcrStage
+from stages.pose import PoseStage
 from stages.probe import ProbeStage
 from stages.scenes import ScenesStage
 
-STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (ProbeStage, ScenesStage)}
+STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (ProbeStage, ScenesStage, PoseStage, OcrStage, AestheticStage, MotionStage)}
 
-__all__ = ["STAGES", "ProbeStage", "ScenesStage"]
+__all__ = ["STAGES", "AestheticStage", "MotionStage", "OcrStage", "PoseStage", "ProbeStage", "ScenesStage"]
