@@ -115,17 +115,6 @@ def _aesthetic_reference(clip_model: str, checkpoint: Path, head: Path, clips: l
     return run
 
 
-def _aesthetic_timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process, all threads) of fn, the least of `repeats` runs each."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return min(walls), min(cpus)
-
-
 def bench_aesthetic(cache: Path, real: bool = True, quick: bool = False, repeats: int = 3) -> dict:
     """Frames per second of the aesthetic stage (tiny model; ViT-L/14 with random weights) and of its baseline."""
     import torch
@@ -146,12 +135,12 @@ def bench_aesthetic(cache: Path, real: bool = True, quick: bool = False, repeats
         setup_s = time.perf_counter() - started
         stage.process(_aesthetic_clips(1, 1, seed=9))  # warm-up (first-call allocations)
         frames = n_clips * per_clip
-        stage_wall, stage_cpu = _aesthetic_timed(lambda: stage.process(_aesthetic_clips(n_clips, per_clip)), reps)
+        stage_wall, stage_cpu = _timed_min(lambda: stage.process(_aesthetic_clips(n_clips, per_clip)), reps)
         reference = _aesthetic_reference(clip_model, checkpoint, head, _aesthetic_clips(n_clips, per_clip))
-        ref_wall, ref_cpu = _aesthetic_timed(reference, reps)
+        ref_wall, ref_cpu = _timed_min(reference, reps)
         transform = stage._scorer.transform
         sample = _aesthetic_clips(1, 16, seed=3)[0].frames
-        pre_wall, _ = _aesthetic_timed(lambda: [transform(Image.fromarray(f)) for f in sample], reps)
+        pre_wall, _ = _timed_min(lambda: [transform(Image.fromarray(f)) for f in sample], reps)
         label = "tiny (test fixture, random)" if arch == "tiny" else "ViT-L-14 architecture, RANDOM WEIGHTS"
         out["models"][arch] = {
             "label": label,

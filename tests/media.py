@@ -421,6 +421,23 @@ def make_long_video(
     return path
 
 
+def write_frames(path, frames, *, fps: int = 30, crf: int | None = None) -> Path:
+    """H.264 mp4 of the given RGB frames (an array or any iterable of equal-sized HxWx3 uint8 images)."""
+    path = _prepare(path)
+    options = {"preset": "veryfast", "x264-params": "mbtree=0", **({"crf": str(crf)} if crf is not None else {})}
+    with av.open(str(path), "w", options=_BITEXACT) as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps), options=options)
+        stream.pix_fmt = "yuv420p"
+        for i, rgb in enumerate(frames):
+            if i == 0:
+                stream.height, stream.width = rgb.shape[:2]
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = i
+            _encode(container, stream, frame)
+        _encode(container, stream, None)
+    return path
+
+
 def cut_frames(segments: Sequence[int]) -> list[int]:
     """Frame indices where ``make_video(segments=...)`` starts a new scene."""
     return list(np.cumsum(segments)[:-1].astype(int))

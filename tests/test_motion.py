@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import types
-from fractions import Fraction
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -44,19 +42,7 @@ def pan_frames(width: int, height: int, px_per_s: float, times: list[float], see
 
 
 def write_video(path, frames: np.ndarray, fps: int = 30):
-    with av.open(str(path), "w", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps), options={"preset": "veryfast", "crf": "18",
-                                                                              "x264-params": "mbtree=0"})
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
+    return media.write_frames(path, frames, fps=fps, crf=18)
 
 
 def through_scenes(path, keep_fps: float = 4.0, keep_max_side: int = 960) -> list[Clip]:
