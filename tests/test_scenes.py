@@ -80,26 +80,6 @@ def test_windows_are_equal_and_bounded():
     assert ScenesStage(ScenesParams()).windows(0, 100.0) == [(0, 100.0)]
 
 
-@pytest.mark.parametrize("width, height", [(1280, 720), (768, 432)])
-def test_fast_detection_image_is_bit_identical_to_pyscenedetects(tmp_path, width, height):
-    """Odd whole downscale factors take the picked-pixel path; it must equal convert-all-then-resize exactly."""
-    import av
-    import cv2
-    from av.video.reformatter import VideoReformatter
-
-    import media
-    from stages.scenes import FrameConverter
-
-    path = media.make_video(tmp_path / "v.mp4", width=width, height=height, segments=(6, 6))
-    converter, reference = FrameConverter(), VideoReformatter()
-    size = (256, round(height * 256 / width))
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            expected = cv2.resize(reference.reformat(frame, format="bgr24").to_ndarray(), size,
-                                  interpolation=cv2.INTER_LINEAR)
-            assert np.array_equal(converter.detection_image(frame, *size), expected)
-
-
 def test_pixel_distance_equals_pyscenedetects_numpy_version():
     rng = np.random.default_rng(0)
     a, b = (rng.integers(0, 256, (144, 256), dtype=np.uint8) for _ in range(2))
