@@ -3,7 +3,6 @@ torch computation; the rule, frame sampling, error isolation, the registry's mis
 
 from __future__ import annotations
 
-import json
 import socket
 
 import numpy as np
@@ -12,49 +11,16 @@ import pytest
 from pipeline.clip import Clip, sample_indices
 from pipeline.errors import UserError
 from pipeline.executor import StageRunner, decode_clips, encode_row
+from fixtures_aesthetic import LAION_HEAD_SHAPES, make_tiny_aesthetic
 from stages.aesthetic import CLIP_ARTIFACT, HEAD_ARTIFACT, AestheticParams, AestheticStage
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-# A ViT small enough to run in milliseconds, with CLIP ViT-L/14's embedding width so the real head's shape fits.
-TINY_CONFIG = {
-    "embed_dim": 768,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
-}
-# improved-aesthetic-predictor's linearMSE .pth, key by key (its ReLUs are commented out, so no gaps but dropouts).
-LAION_HEAD_SHAPES = {"layers.0": (1024, 768), "layers.2": (128, 1024), "layers.4": (64, 128), "layers.6": (16, 64),
-                     "layers.7": (1, 16)}
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Files on disk as a user would have them: a tiny open_clip config + checkpoint, and a head .pth."""
-    root = tmp_path_factory.mktemp("aesthetic")
-    config = root / "actcurate-tiny-clip.json"
-    config.write_text(json.dumps(TINY_CONFIG))
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
-    model = open_clip.create_model("actcurate-tiny-clip", pretrained=None, force_quick_gelu=True)
-    from safetensors.torch import save_file
-
-    checkpoint = root / "tiny_clip.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
-    # The head's state dict written key by key in the public file's layout, independently of the stage's module;
-    # weights scaled so scores spread over a few units like real ones.
-    generator = torch.Generator().manual_seed(1)
-    head_state = {}
-    for key, (out_f, in_f) in LAION_HEAD_SHAPES.items():
-        head_state[f"{key}.weight"] = torch.randn(out_f, in_f, generator=generator) / in_f**0.5 * 2
-        head_state[f"{key}.bias"] = torch.randn(out_f, generator=generator) * 0.1
-    head_state["layers.7.bias"] = torch.tensor([5.0])
-    models_dir = root / "models"
-    models_dir.mkdir()
-    head = models_dir / "sac+logos+ava1-l14-linearMSE.pth"
-    torch.save(head_state, head)
-    return {"root": root, "config": config, "checkpoint": checkpoint, "head": head, "models_dir": models_dir,
-            "head_state": head_state}
+    return make_tiny_aesthetic(tmp_path_factory.mktemp("aesthetic"))
 
 
 @pytest.fixture

@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 import fixtures_models as fm
 import media
+from fixtures_aesthetic import make_tiny_aesthetic
 from conftest import clip_rows
 from manifests.audit import audit
 from pipeline.recipe import build_recipe
 from pipeline.run import RunOptions, run
 
 pytestmark = pytest.mark.slow
-torch = pytest.importorskip("torch")
-open_clip = pytest.importorskip("open_clip")
+pytest.importorskip("open_clip")
 
 
 @pytest.fixture(scope="module")
 def tiny_aesthetic(tmp_path_factory):
-    """A tiny open_clip model with ViT-L/14's embedding width and a LAION-shaped head, saved as a user has them."""
-    from safetensors.torch import save_file
-
-    from test_aesthetic import LAION_HEAD_SHAPES, TINY_CONFIG
-
-    root = tmp_path_factory.mktemp("aesthetic-full")
-    config = root / "actcurate-tiny-clip-full.json"
-    config.write_text(json.dumps(TINY_CONFIG))
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
-    model = open_clip.create_model("actcurate-tiny-clip-full", pretrained=None, force_quick_gelu=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "clip.safetensors"))
-    head = {f"{k}.weight": torch.randn(o, i) / i**0.5 for k, (o, i) in LAION_HEAD_SHAPES.items()}
-    head.update({f"{k}.bias": torch.zeros(o) for k, (o, _) in LAION_HEAD_SHAPES.items()})
-    torch.save(head, root / "head.pth")
-    return {"clip_model": str(config), "clip_weights": str(root / "clip.safetensors"),
-            "head_weights": str(root / "head.pth"), "device": "cpu"}
+    files = make_tiny_aesthetic(tmp_path_factory.mktemp("aesthetic-full"), "actcurate-tiny-clip-full")
+    return {"clip_model": str(files["config"]), "clip_weights": str(files["checkpoint"]),
+            "head_weights": str(files["head"]), "device": "cpu"}
 
 
 def test_every_stage_in_one_run(ray_local, tiny_aesthetic, tmp_path):
