@@ -49,12 +49,6 @@ def _stage_order(store: Store, table) -> list[str]:
     return json.loads(meta.get(b"stages", b"[]"))
 
 
-def _splitting_stages() -> set[str]:
-    from stages import STAGES
-
-    return {name for name, cls in STAGES.items() if cls.splits}
-
-
 def audit(output: str) -> dict:
     store, plan = _open(output)
     committed = committed_shards(store)
@@ -84,8 +78,9 @@ def _death_index(row: dict, order: list[str]) -> int:
 
 def _funnel(rows: list[dict], order: list[str]) -> list[dict]:
     """Rows in and out of each stage; before (and into) a splitting stage the unit is videos, after it clips."""
-    splitting = _splitting_stages()
-    split_at = next((i for i, s in enumerate(order) if s in splitting), None)
+    from stages import split_index
+
+    split_at = split_index(order)
     deaths = [(_death_index(r, order), r["video_id"]) for r in rows]
     # A video's furthest stage: all of its rows passed every stage before the split together.
     video_reach: dict[str, int] = defaultdict(int)
@@ -138,8 +133,10 @@ def _errors(rows: list[dict]) -> list[dict]:
 
 def _throughput(rows: list[dict], order: list[str]) -> list[dict]:
     """Seconds per stage. Clips split from one video carry copies of the video's earlier timings: count those once."""
-    splitting = _splitting_stages()
-    split_at = next((i for i, s in enumerate(order) if s in splitting), len(order))
+    from stages import split_index
+
+    split_at = split_index(order)
+    split_at = len(order) if split_at is None else split_at
     out = []
     for k, stage in enumerate(order):
         per_unit: dict = defaultdict(float)

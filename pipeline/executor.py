@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.clip import Clip
+from pipeline.errors import UserError
 from pipeline.plan import PlannedVideo
 from pipeline.recipe import Recipe, StageSpec
 from pipeline.stage import Resources, Stage
@@ -203,11 +204,18 @@ def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: st
 def plan_resources(specs: list[StageSpec], cluster_cpus: float, cluster_gpus: float) -> dict[str, Resources]:
     """Each stage's resources on this cluster, shrunk where they could never all be granted together.
 
+    A stage that needs a GPU on a cluster without one is a UserError here, before any video is touched.
     Every actor pool holds its minimum actors for the whole run. If those, plus the largest task stage, ask for
     more CPUs than the cluster has, the task stage waits for ever (a deadlock on a laptop). Then the actors' CPU
     shares are scaled down to leave the task stages room: logical CPUs only, the work still runs.
     """
     planned = {s.name: s.build().resources_for(cluster_gpus) for s in specs}
+    gpu_stages = [name for name, res in planned.items() if res.gpus]
+    if gpu_stages and not cluster_gpus:
+        raise UserError(
+            f"stages {', '.join(gpu_stages)} need a GPU and this Ray cluster has none; choose their CPU backend in "
+            "the recipe or pass --address of a cluster with GPU workers"
+        )
     actors = [s.name for s in specs if s.cls.needs_actor()]
     tasks = [s.name for s in specs if not s.cls.needs_actor()]
     held = sum(planned[n].cpus * planned[n].min_workers for n in actors)

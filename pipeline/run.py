@@ -120,16 +120,17 @@ def run(opts: RunOptions) -> RunResult:
         return result
 
     ensure_ray(opts.address)
-    _check_gpus(recipe)
     stage_columns = {c: t for spec in recipe.stages for c, t in spec.cls.columns.items()}
     schema = manifest_schema(recipe.stage_names(), stage_columns)
     actor_name = f"actcurate-progress-{uuid.uuid4().hex[:8]}"
+    dataset = build_dataset(recipe, todo, progress_actor=actor_name)  # lazy; checks the cluster's resources
     actor = start_progress_actor(namespace(), actor_name)
     collector = ShardCollector(store, schema, recipe.hash, expected, {v.video_id: v.order for v in plan.videos},
                                kept_rows=kept)
-    dataset = build_dataset(recipe, todo, progress_actor=actor_name)
-    splits = [i for i, spec in enumerate(recipe.stages) if spec.cls.splits]
-    video_level = splits[0] + 1 if splits else len(recipe.stages)
+    from stages import split_index
+
+    split_at = split_index(recipe.stage_names())
+    video_level = len(recipe.stages) if split_at is None else split_at + 1
     with RunProgress(recipe.stage_names(), len(todo), actor=actor, interactive=opts.progress,
                      video_level_stages=video_level) as progress:
         collector.on_commit = lambda shard_id, record: progress.videos_committed(len(expected[shard_id]))
@@ -141,18 +142,6 @@ def run(opts: RunOptions) -> RunResult:
     result.videos_processed = len(todo)
     result.seconds = time.monotonic() - started
     return result
-
-
-def _check_gpus(recipe: Recipe) -> None:
-    import ray
-
-    cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
-    gpu_stages = [s.name for s in recipe.stages if s.build().resources_for(cluster_gpus).gpus]
-    if gpu_stages and not cluster_gpus:
-        raise UserError(
-            f"stages {', '.join(gpu_stages)} need a GPU and this Ray cluster has none; choose their CPU backend in "
-            "the recipe or pass --address of a cluster with GPU workers"
-        )
 
 
 def _kill_quietly(actor) -> None:

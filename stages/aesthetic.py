@@ -76,8 +76,8 @@ class AestheticParams(StageParams):
 class AestheticStage(Stage):
     name = "aesthetic"
     Params = AestheticParams
-    # Rows (videos or parts) per call; their clips' frames are batched together. The engine reads the class value;
-    # an instance with device=cuda also carries its GPU share (see __init__).
+    # Rows (videos or parts) per call; their clips' frames are batched together. An instance with device=cuda
+    # carries its GPU share (see __init__); device=auto takes one only on clusters with GPUs (resources_for).
     resources = Resources(cpus=1.0, batch_size=4)
     columns: ClassVar[dict[str, pa.DataType]] = {
         "aesthetic_score": pa.float64(),  # the value min_aesthetic checks: `reduce` over the frame scores

@@ -1,5 +1,8 @@
 """Resource planning: actor pools must never hold every CPU the task stages need (a deadlock on small machines)."""
 
+import pytest
+
+from pipeline.errors import UserError
 from pipeline.executor import plan_resources
 from pipeline.recipe import build_recipe
 
@@ -21,3 +24,10 @@ def test_big_clusters_keep_declared_resources_and_auto_devices_take_gpus():
         assert planned[spec.name].cpus == spec.cls.resources.cpus
     assert planned["aesthetic"].gpus > 0  # device: auto on a cluster with GPUs
     assert plan_resources(recipe.stages, 64.0, 0.0)["aesthetic"].gpus == 0
+
+
+def test_a_stage_that_needs_a_gpu_on_a_cluster_without_one_is_a_clear_error():
+    recipe = build_recipe({"stages": {"probe": {}, "scenes": {}, "aesthetic": {"device": "cuda"}}})
+    with pytest.raises(UserError, match="stages aesthetic need a GPU"):
+        plan_resources(recipe.stages, cluster_cpus=2.0, cluster_gpus=0.0)
+    assert plan_resources(recipe.stages, 2.0, 1.0)["aesthetic"].gpus > 0
