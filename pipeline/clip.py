@@ -26,18 +26,29 @@ def clip_id_for(video_id: str, start_s: float, end_s: float | None) -> str:
     return f"{video_id}-{round(start_s * 1000):09d}-{end}"
 
 
+class FrameGrid:
+    """The one rule frames are sampled by at `fps`: take the first frame at or after the previous pick + 1/fps; after
+    a gap in the frames the grid restarts at the frame that ends it. The scenes stage keeps frames by it while
+    decoding, and later stages thin the kept frames by it, so stages at equal rates read the same frames."""
+
+    def __init__(self, fps: float):
+        self.step = 1 / fps
+        self.next_t: float | None = None
+
+    def take(self, t: float) -> bool:
+        if self.next_t is not None and t < self.next_t - 1e-6:
+            return False
+        self.next_t = (t if self.next_t is None else self.next_t) + self.step
+        while self.next_t <= t - 1e-6:
+            self.next_t += self.step
+        return True
+
+
 def sample_indices(times: list[float], fps: float) -> list[int]:
-    """Indices of the kept frames at `fps`, on the grid the scenes stage keeps frames on (the next frame at or after
-    the previous pick + 1/fps). The scenes stage keeps the highest rate any stage asks for; a stage at that rate
-    reads every kept frame, one at a lower rate a regular subset, and stages at equal rates read the same frames."""
-    picked, next_t = [], None
-    for i, t in enumerate(times):
-        if next_t is None or t >= next_t - 1e-6:
-            picked.append(i)
-            next_t = (t if next_t is None else next_t) + 1 / fps
-            while next_t <= t - 1e-6:  # a gap in the kept frames: restart the grid here
-                next_t += 1 / fps
-    return picked
+    """Indices of the kept frames at `fps` (the scenes stage keeps the highest rate any stage asks for; a stage at
+    that rate reads every kept frame, one at a lower rate a regular subset)."""
+    grid = FrameGrid(fps)
+    return [i for i, t in enumerate(times) if grid.take(t)]
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import av
@@ -19,7 +18,7 @@ from av.video.reformatter import VideoReformatter
 from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 from scenedetect.detectors import content_detector as content_detector_module
 
-from pipeline.clip import Clip
+from pipeline.clip import Clip, FrameGrid
 from pipeline.stage import FrameRequest, Resources, Stage, StageParams
 from stages.probe import open_video
 
@@ -39,13 +38,6 @@ class ScenesParams(StageParams):
     # Frames kept for later stages: None means the union of what the recipe's later stages ask for.
     keep_fps: float | None = None
     keep_max_side: int | None = None
-
-
-@dataclass
-class _Span:
-    scene_index: int
-    start_s: float
-    end_s: float
 
 
 class ScenesStage(Stage):
@@ -106,10 +98,9 @@ class _VideoSplitter:
         self.next_index = 0
         self.kept: list[tuple[float, np.ndarray]] = []
         self.times: list[float] = []
-        self.emitted_until_s = clip.start_s
+        self.emitted_until_s = clip.start_s  # where the next clip starts
         self.scene_start_frame = 0
         self.scene_index = 0
-        self.window_start_s = clip.start_s
 
     def run(self) -> Iterator[Clip]:
         try:
@@ -133,17 +124,16 @@ class _VideoSplitter:
             converter = FrameConverter()
             keep_size = _keep_size(ctx.width, ctx.height, self._sar(stream), keep.max_side) if keep else None
             detector = self.stage._detector()
-            next_keep_s = -math.inf
+            keep_grid = FrameGrid(keep.fps) if keep else None
             index = -1
             for index, frame in enumerate(container.decode(stream)):
                 t = frame.time if frame.time is not None else (self.times[-1] + 1 / fps if self.times else 0.0)
                 self.times.append(t)
                 small = converter.detection_image(frame, detect_w, detect_h)
                 cuts = detector.process_frame(FrameTimecode(index, fps), small)
-                if keep and t >= next_keep_s:
+                if keep_grid and keep_grid.take(t):
                     image = converter.kept_image(frame, keep_size[0], keep_size[1])
                     self.kept.append((t, _rotate(image, frame.rotation)))
-                    next_keep_s = (t if next_keep_s == -math.inf else next_keep_s) + 1 / keep.fps
                 for cut in cuts:
                     yield from self._close_scene(cut.frame_num)
                 yield from self._emit_long_scene_windows(t)
@@ -170,44 +160,34 @@ class _VideoSplitter:
     def _close_scene(self, end_frame: int) -> Iterator[Clip]:
         if end_frame <= self.scene_start_frame:
             return
-        end_s = self._time_of(end_frame)
-        for start, end in self.stage.windows(self.window_start_s, end_s):
+        for start, end in self.stage.windows(self.emitted_until_s, self._time_of(end_frame)):
             yield self._emit(start, end)
         self.scene_start_frame = end_frame
         self.scene_index += 1
-        self.window_start_s = end_s
 
     def _emit_long_scene_windows(self, now_s: float) -> Iterator[Clip]:
         """Inside a scene longer than twice max_clip_s, emit fixed windows now rather than holding its frames."""
         max_s = self.params.max_clip_s
         if not max_s:
             return
-        while now_s - self.window_start_s > 2 * max_s + self.stage.CUT_LATENCY_S:
-            end = self.window_start_s + max_s
-            yield self._emit(self.window_start_s, end)
-            self.window_start_s = end
+        while now_s - self.emitted_until_s > 2 * max_s + self.stage.CUT_LATENCY_S:
+            yield self._emit(self.emitted_until_s, self.emitted_until_s + max_s)
 
     def _emit(self, start_s: float, end_s: float) -> Clip:
         clip = self._new_clip(start_s, end_s)
         first = int(np.searchsorted(self.times, start_s - 1e-6))
         last = int(np.searchsorted(self.times, end_s - 1e-6))
-        self.stage.set(
-            clip,
-            scene_index=self.scene_index,
-            start_frame=first,
-            end_frame=last,
-            frame_count=last - first,
-            kept_frame_times=[],
-        )
         frames = [(t, img) for t, img in self.kept if start_s - 1e-6 <= t < end_s - 1e-6]
         self.kept = [(t, img) for t, img in self.kept if t >= end_s - 1e-6]
         self.emitted_until_s = end_s
-        if end_s - start_s < self.params.min_clip_s:
-            self.stage.reject(clip, "min_clip_length", end_s - start_s, self.params.min_clip_s)
-        elif frames:
+        too_short = end_s - start_s < self.params.min_clip_s
+        if frames and not too_short:
             clip.frame_times = [t for t, _ in frames]
             clip.frames = np.stack([img for _, img in frames])
-            clip.columns["scenes_kept_frame_times"] = list(clip.frame_times)
+        self.stage.set(clip, scene_index=self.scene_index, start_frame=first, end_frame=last,
+                       frame_count=last - first, kept_frame_times=list(clip.frame_times))
+        if too_short:
+            self.stage.reject(clip, "min_clip_length", end_s - start_s, self.params.min_clip_s)
         return clip
 
     def _new_clip(self, start_s: float, end_s: float | None) -> Clip:
