@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import fixtures_models as fm  # noqa: E402
 from pipeline.clip import Clip  # noqa: E402
-from stages import pose_ops as ops  # noqa: E402
+from stages.pose import ops  # noqa: E402
 from stages.pose import PoseParams, PoseStage  # noqa: E402
 
 YOLOX_L_GFLOPS = 155.6

@@ -20,7 +20,7 @@ from scenedetect.detectors import content_detector as content_detector_module
 
 from pipeline.clip import Clip, FrameGrid
 from pipeline.stage import FrameRequest, Resources, Stage, StageParams
-from stages.probe import open_video
+from pipeline.video import open_video
 
 
 class ScenesParams(StageParams):

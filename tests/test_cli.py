@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import media
-from conftest import clip_rows
+from fixtures_run import clip_rows
 from s3server import MotoServer
 
 pytestmark = pytest.mark.slow

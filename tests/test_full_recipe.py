@@ -7,7 +7,7 @@ import pytest
 import fixtures_models as fm
 import media
 from fixtures_aesthetic import make_tiny_aesthetic
-from conftest import clip_rows
+from fixtures_run import clip_rows
 from manifests.audit import audit
 from pipeline.recipe import build_recipe
 from pipeline.run import RunOptions, run

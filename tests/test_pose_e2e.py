@@ -86,7 +86,7 @@ def test_frame_request_reaches_scenes_and_a_faster_request_is_thinned(registry, 
 
 @pytest.mark.slow
 def test_ray_run_writes_pose_columns_to_the_manifest(ray_local, model_dir, tmp_path):
-    from conftest import clip_rows
+    from fixtures_run import clip_rows
     from pipeline.run import RunOptions, run
 
     media.make_video(tmp_path / "in" / "moving.mp4", segments=(60,), fps=30)

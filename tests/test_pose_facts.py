@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from stages.motion_facts import describe_motion, episodes
-from test_pose_rules import FPS, Scripted, box_of, person, run, skeleton
+from stages.pose.motion_facts import describe_motion, episodes
+from fixtures_pose import FPS, Scripted, box_of, person, run, skeleton
 
 
 def facts(poses: list[np.ndarray], to_first=None, scores=None):

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from stages.keyframes import keyframe_sequence, normalise_poses, pose_distances, pose_keyframes, select_keyframes
-from test_pose_rules import FPS, Scripted, person, run, skeleton
+from stages.pose.keyframes import keyframe_sequence, normalise_poses, pose_distances, pose_keyframes, select_keyframes
+from fixtures_pose import FPS, Scripted, person, run, skeleton
 
 
 def random_distances(rng, n: int) -> np.ndarray:
@@ -76,7 +76,7 @@ def test_pose_keyframes_pick_the_extreme_poses_of_an_arm_raise():
     """The arm goes up from hanging to overhead and back: the two extremes must be among the keyframes."""
     angles = [10, 40, 80, 120, 170, 120, 80, 40, 10, 10]
     kp = np.stack([skeleton(160, 20, 200, left_arm=a) for a in angles])
-    from test_pose_rules import box_of
+    from fixtures_pose import box_of
 
     boxes = np.stack([box_of(k) for k in kp])
     chosen = pose_keyframes(kp, np.full((10, 17), 0.9), boxes, np.ones(10, bool), 2, 0.5)

@@ -15,7 +15,7 @@ import pytest
 import fixtures_models as fm
 from pipeline.clip import Clip
 from pipeline.errors import UserError
-from stages import pose_ops as ops
+from stages.pose import ops
 from stages.pose import PoseParams, PoseStage
 
 WHITE_R = (255 - 123.675) / 58.395  # the marker's normalised value in channel 0 (R)

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stages import pose_ops as ops
+from stages.pose import ops
 
 
 def test_letterbox_is_top_left_with_114_padding():

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import clip_rows
+from fixtures_run import clip_rows
 from manifests.audit import audit, status
 from pipeline.commits import committed_shards
 from pipeline.errors import UserError

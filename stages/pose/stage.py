@@ -4,7 +4,7 @@ of HAIC and M-ACM, affine-compensated movement, M-ACM's keyframes, a compact pos
 Batched: the detector runs over every analysed frame of every clip of the Ray batch, then the pose model over
 every person crop of the clips that passed the detection rules (so rejected clips cost no pose inference).
 Models come from the registry (`dwpose-det`, `dwpose-pose`) or explicit paths; onnxruntime's CUDA provider is
-used when present (provider=auto) and the CPU otherwise. The pre/post-processing is ours (stages/pose_ops.py), in
+used when present (provider=auto) and the CPU otherwise. The pre/post-processing is ours (stages/pose/ops.py), in
 numpy and cv2, following the DWPose annotator and rtmlib 0.0.16; rtmlib itself is not a dependency (it pins the
 non-headless OpenCV build).
 
@@ -27,9 +27,9 @@ from pipeline import models
 from pipeline.clip import Clip, sample_indices
 from pipeline.errors import UserError
 from pipeline.stage import FrameRequest, Resources, Stage, StageParams
-from stages import pose_ops as ops
-from stages.keyframes import pose_keyframes
-from stages.motion_facts import describe_motion
+from stages.pose import ops
+from stages.pose.keyframes import pose_keyframes
+from stages.pose.motion_facts import describe_motion
 
 log = logging.getLogger(__name__)
 
