@@ -127,7 +127,7 @@ def time_stage(stage: PoseStage, data) -> float:
 
 
 def measure(det: Path, pose: Path, data, threads: int, repeats: int, **params) -> dict:
-    stage = PoseStage(PoseParams(det_model=str(det), pose_model=str(pose), provider="cpu", threads=threads,
+    stage = PoseStage(PoseParams(det_model=str(det), pose_model=str(pose), device="cpu", threads=threads,
                                  fps=FPS, **params))
     stage.setup()
     det_inputs, pose_inputs = raw_inputs(stage, data)

@@ -41,12 +41,14 @@ def status(output: str) -> dict:
     }
 
 
-def _stage_order(store: Store, table) -> list[str]:
+def _stage_order(store: Store, table) -> tuple[list[str], str | None]:
+    """The recipe's stage names and its splitting stage, from OUT/run.json (else the manifest's metadata): the
+    audit never imports stage modules."""
     if store.exists("run.json"):
-        recipe = json.loads(store.read_bytes("run.json"))["recipe"]
-        return [next(iter(s)) for s in recipe["stages"]]
+        info = json.loads(store.read_bytes("run.json"))
+        return [next(iter(s)) for s in info["recipe"]["stages"]], info.get("split_stage")
     meta = table.schema.metadata or {}
-    return json.loads(meta.get(b"stages", b"[]"))
+    return json.loads(meta.get(b"stages", b"[]")), json.loads(meta.get(b"split_stage", b"null"))
 
 
 def audit(output: str) -> dict:
@@ -54,7 +56,8 @@ def audit(output: str) -> dict:
     committed = committed_shards(store)
     table = read_manifests(store, sorted(committed))
     rows = table.to_pylist() if table is not None else []
-    order = _stage_order(store, table) if table is not None else []
+    order, split_stage = _stage_order(store, table) if table is not None else ([], None)
+    split_at = order.index(split_stage) if split_stage in order else None
     shards = plan.shard_ids
     statuses = Counter(r["status"] for r in rows)
     return {
@@ -62,10 +65,10 @@ def audit(output: str) -> dict:
         "videos": {"total": len(plan.videos), "done": len({r["video_id"] for r in rows})},
         "clips": {"total": len(rows), **{k: statuses.get(k, 0) for k in ("accepted", "rejected", "error")}},
         "shards": {"total": len(shards), "committed": len(committed), "pending": len(shards) - len(committed)},
-        "funnel": _funnel(rows, order),
+        "funnel": _funnel(rows, order, split_at),
         "reasons": _reasons(rows),
         "errors": _errors(rows),
-        "throughput": _throughput(rows, order),
+        "throughput": _throughput(rows, order, split_at),
     }
 
 
@@ -76,11 +79,8 @@ def _death_index(row: dict, order: list[str]) -> int:
     return order.index(stage)
 
 
-def _funnel(rows: list[dict], order: list[str]) -> list[dict]:
+def _funnel(rows: list[dict], order: list[str], split_at: int | None) -> list[dict]:
     """Rows in and out of each stage; before (and into) a splitting stage the unit is videos, after it clips."""
-    from stages import split_index
-
-    split_at = split_index(order)
     deaths = [(_death_index(r, order), r["video_id"]) for r in rows]
     # A video's furthest stage: all of its rows passed every stage before the split together.
     video_reach: dict[str, int] = defaultdict(int)
@@ -131,11 +131,8 @@ def _errors(rows: list[dict]) -> list[dict]:
     ]
 
 
-def _throughput(rows: list[dict], order: list[str]) -> list[dict]:
+def _throughput(rows: list[dict], order: list[str], split_at: int | None) -> list[dict]:
     """Seconds per stage. Clips split from one video carry copies of the video's earlier timings: count those once."""
-    from stages import split_index
-
-    split_at = split_index(order)
     split_at = len(order) if split_at is None else split_at
     out = []
     for k, stage in enumerate(order):

@@ -30,11 +30,14 @@ CORE_COLUMNS: dict[str, pa.DataType] = {
 }
 
 
-def manifest_schema(stage_names: Sequence[str], stage_columns: dict[str, pa.DataType]) -> pa.Schema:
+def manifest_schema(stage_names: Sequence[str], stage_columns: dict[str, pa.DataType],
+                    split_stage: str | None = None) -> pa.Schema:
     fields = [pa.field(name, typ) for name, typ in CORE_COLUMNS.items()]
     fields += [pa.field(name, typ) for name, typ in stage_columns.items()]
     fields.append(pa.field("timings", pa.struct([pa.field(s, pa.float64()) for s in stage_names])))
-    metadata = {"schema_version": SCHEMA_VERSION, "stages": json.dumps(list(stage_names))}
+    # what the audit needs to read a manifest on its own: the stage order and where videos become clips
+    metadata = {"schema_version": SCHEMA_VERSION, "stages": json.dumps(list(stage_names)),
+                "split_stage": json.dumps(split_stage)}
     return pa.schema(fields, metadata=metadata)
 
 

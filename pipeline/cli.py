@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -53,12 +52,10 @@ def run(recipe, input_spec, output, shard_size, overrides, models_dir, address, 
     from pipeline.recipe import load_recipe
     from pipeline.run import RunOptions, run as run_pipeline
 
-    if models_dir:
-        os.environ["ACTCURATE_MODELS"] = str(Path(models_dir).resolve())
     loaded = load_recipe(recipe, overrides)
     result = run_pipeline(RunOptions(
         recipe=loaded, output=output, input=input_spec, shard_size=shard_size, address=address,
-        redo_errors=redo_errors, allow_recipe_change=allow_recipe_change, progress=progress,
+        redo_errors=redo_errors, allow_recipe_change=allow_recipe_change, progress=progress, models_dir=models_dir,
     ))
     _print_run_result(result)
     if result.shards_pending:

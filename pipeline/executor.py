@@ -19,7 +19,7 @@ from pipeline.clip import Clip
 from pipeline.errors import UserError
 from pipeline.plan import PlannedVideo
 from pipeline.recipe import Recipe, StageSpec
-from pipeline.stage import Resources, Stage
+from pipeline.stage import Resources, RunContext, Stage
 
 ROW_SCHEMA = pa.schema(
     [
@@ -54,8 +54,9 @@ class StageRunner:
     """Runs one stage over a Ray batch of rows; usable without Ray (tests call it on lists of row dicts)."""
 
     def __init__(self, stage_cls: type[Stage], params: dict, strip_frames: bool = False,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress_actor: str | None = None):
-        self.stage = stage_cls(stage_cls.Params(**params))
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress_actor: str | None = None,
+                 context: RunContext | None = None):
+        self.stage = stage_cls(stage_cls.Params(**params), context)
         self.stage.setup()
         self.strip_frames = strip_frames
         self.chunk_bytes = chunk_bytes
@@ -66,35 +67,26 @@ class StageRunner:
             yield pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
 
     def run_rows(self, rows: list[dict]) -> Iterator[list[dict]]:
-        """Yields lists of output rows. Whole-video rows may leave in several parts; parts stay one row each."""
+        """Yields lists of output rows. A whole-video row may leave a splitting stage in several parts (bounded
+        memory); a part keeps its number through later stages, and an empty final part stays empty."""
         name = self.stage.name
-        buffers: list[list[tuple[Clip, bool]]] = [[] for _ in rows]
+        buffers: list[list[Clip]] = [[] for _ in rows]
         parts_sent = [0] * len(rows)
         chunkable = [r["part"] == 0 and r["last"] for r in rows]
         alive: list[Clip] = []
-        uris = [""] * len(rows)
         for i, row in enumerate(rows):
             for clip in decode_clips(row["clips"]):
-                uris[i] = clip.video_uri
                 clip.origin = i
-                if clip.alive:
-                    alive.append(clip)
-                else:
-                    buffers[i].append((clip, False))
-        clock = [time.perf_counter()]
+                (alive if clip.alive else buffers[i]).append(clip)
+        alive_in = list(alive)
+        emitted: set[int] = set()
+        produced_for: set[int] = set()  # input rows the stage emitted at least one clip for
+        self._report(len(alive), 0)
 
         def flush(indices: list[int], final: bool) -> list[dict]:
-            # Stages that time each clip themselves (the per-clip default) keep their figure; a batch-level
-            # process() is charged evenly over the clips it returned.
-            processed = [c for i in indices for c, p in buffers[i] if p and name not in c.timings]
-            now = time.perf_counter()
-            share = (now - clock[0]) / len(processed) if processed else 0.0
-            clock[0] = now
-            for clip in processed:
-                clip.timings[name] = clip.timings.get(name, 0.0) + share
             out = []
             for i in indices:
-                clips = [c for c, _ in buffers[i]]
+                clips = buffers[i]
                 if self.strip_frames:
                     for c in clips:
                         c.drop_frames()
@@ -104,40 +96,51 @@ class StageRunner:
                     parts_sent[i] += 1
                 else:
                     out.append(encode_row(row["shard_id"], row["video_id"], row["part"], row["last"], clips))
+                self._report(0, sum(1 for c in clips if c.alive and id(c) in emitted))
                 buffers[i] = []
             return out
 
         for clip in self._outputs(alive):
+            emitted.add(id(clip))
             i = clip.origin
-            buffers[i].append((clip, True))
-            if chunkable[i] and sum(c.frame_bytes for c, _ in buffers[i]) >= self.chunk_bytes:
+            produced_for.add(i)
+            buffers[i].append(clip)
+            if chunkable[i] and sum(c.frame_bytes for c in buffers[i]) >= self.chunk_bytes:
                 yield flush([i], final=False)
-        for i, row in enumerate(rows):
-            if not buffers[i] and parts_sent[i] == 0:
-                # A stage must never make a video vanish: record the loss as an error row.
-                lost = Clip(video_id=row["video_id"], video_uri=uris[i], shard_id=row["shard_id"])
-                lost.fail(name, RuntimeError("stage produced no rows for this video"))
-                buffers[i].append((lost, False))
-        if self.progress is not None:
-            self.progress.add.remote(name, len(alive), sum(1 for b in buffers for c, p in b if p and c.alive))
+        self._account_for_lost(alive_in, emitted, produced_for, buffers)
         yield flush(list(range(len(rows))), final=True)
 
+    def _account_for_lost(self, alive_in: list[Clip], emitted: set[int], produced_for: set[int],
+                          buffers: list[list[Clip]]) -> None:
+        """A stage must never make a clip vanish. A stage that keeps its clips must hand each one back; a splitting
+        stage must emit something for each video it was given. What vanished becomes an error row that keeps its
+        own video, span and clip index."""
+        for clip in alive_in:
+            if id(clip) in emitted:
+                continue
+            if self.stage.splits and clip.origin in produced_for:
+                continue  # replaced by the clips split from it
+            clip.fail(self.stage.name, RuntimeError("stage produced no rows for this clip"))
+            emitted.add(id(clip))
+            buffers[clip.origin].append(clip)
+
     def _outputs(self, alive: list[Clip]) -> Iterator[Clip]:
-        """The stage's output; if the stage raises for the whole batch, retry clip by clip to isolate the bad one."""
+        """The stage's output. Stages isolate bad clips themselves (Stage.isolate); an exception that still escapes
+        is a stage bug, and the clips not yet emitted become error rows rather than failing the Ray task."""
         done: set[int] = set()
         try:
             for clip in self.stage.iter_process(alive):
                 done.add(id(clip))
                 yield clip
-        except Exception:
+        except Exception as exc:
             for clip in alive:
-                if id(clip) in done:
-                    continue
-                try:
-                    yield from self.stage.iter_process([clip])
-                except Exception as exc:
+                if id(clip) not in done:
                     clip.fail(self.stage.name, exc)
                     yield clip
+
+    def _report(self, rows_in: int, rows_out: int) -> None:
+        if self.progress is not None and (rows_in or rows_out):
+            self.progress.add.remote(self.stage.name, rows_in, rows_out)
 
 
 def run_stage_batch(batch: pa.Table, **runner_args) -> Iterator[pa.Table]:
@@ -178,7 +181,8 @@ def ensure_ray(address: str | None = None) -> None:
     )
 
 
-def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: str | None = None):
+def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: str | None = None,
+                  context: RunContext | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
     import ray
     import ray.data
 
@@ -196,8 +200,9 @@ def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: st
     cluster = ray.cluster_resources()
     planned = plan_resources(recipe.stages, cluster.get("CPU", 1.0), cluster.get("GPU", 0.0))
     for index, spec in enumerate(recipe.stages):
-        ds = _add_stage(ds, spec, planned[spec.name], strip_frames=index >= last_frame_reader,
-                        progress_actor=progress_actor)
+        runner_args = dict(stage_cls=spec.cls, params=spec.params.model_dump(), strip_frames=index >= last_frame_reader,
+                           chunk_bytes=chunk_bytes, progress_actor=progress_actor, context=context)
+        ds = _add_stage(ds, spec, planned[spec.name], runner_args)
     return ds
 
 
@@ -216,8 +221,8 @@ def plan_resources(specs: list[StageSpec], cluster_cpus: float, cluster_gpus: fl
             f"stages {', '.join(gpu_stages)} need a GPU and this Ray cluster has none; choose their CPU backend in "
             "the recipe or pass --address of a cluster with GPU workers"
         )
-    actors = [s.name for s in specs if s.cls.needs_actor()]
-    tasks = [s.name for s in specs if not s.cls.needs_actor()]
+    actors = [s.name for s in specs if s.cls.actor]
+    tasks = [s.name for s in specs if not s.cls.actor]
     held = sum(planned[n].cpus * planned[n].min_workers for n in actors)
     task_room = max((planned[n].cpus for n in tasks), default=0.0)
     if actors and held + task_room > cluster_cpus:
@@ -228,27 +233,30 @@ def plan_resources(specs: list[StageSpec], cluster_cpus: float, cluster_gpus: fl
 
 
 def _last_frame_reader(specs: list[StageSpec]) -> int:
-    readers = [i for i, s in enumerate(specs) if s.name == "scenes" or s.build().frame_request() is not None]
+    readers = [i for i, s in enumerate(specs) if s.cls.provides_frames or s.build().frame_request() is not None]
     return max(readers) if readers else -1
 
 
-def _add_stage(ds, spec: StageSpec, res: Resources, strip_frames: bool, progress_actor: str | None):
+def _add_stage(ds, spec: StageSpec, res: Resources, runner_args: dict[str, Any]):
     import ray.data
 
-    runner_args = dict(stage_cls=spec.cls, params=spec.params.model_dump(), strip_frames=strip_frames,
-                       progress_actor=progress_actor)
     remote_args: dict[str, Any] = {"num_cpus": res.cpus}
     if res.gpus:
         remote_args["num_gpus"] = res.gpus
     if res.memory_gb:
         remote_args["memory"] = int(res.memory_gb * 1024**3)
-    if spec.cls.needs_actor():
+    if spec.cls.actor:
         return ds.map_batches(
             StageRunner,
             fn_constructor_kwargs=runner_args,
             compute=ray.data.ActorPoolStrategy(min_size=res.min_workers, max_size=res.max_workers),
             batch_size=res.batch_size,
             batch_format="pyarrow",
+            # Ray Data hands every pool actor its transformer and context as object-store references, which Ray
+            # cannot restore when it restarts an actor (ray-project/ray#53727: the warning on every run). Actors
+            # are therefore not restarted in place: a crashed actor's block errors, its shard stays pending and
+            # the next run redoes it (the commit protocol's own recovery), while the pool starts a fresh actor.
+            max_restarts=0,
             **remote_args,
         )
     return ds.map_batches(

@@ -112,27 +112,29 @@ def models_dir() -> Path | None:
     return Path(value) if value else None
 
 
-def candidate_paths(name: str) -> list[Path]:
+def candidate_paths(name: str, models_dir_arg: str | os.PathLike | None = None) -> list[Path]:
+    """Where `name` may lie: the run's --models-dir, then ACTCURATE_MODELS, then the cache."""
     artifact = get_artifact(name)
-    folders = [d for d in (models_dir(), cache_dir()) if d is not None]
+    given = Path(models_dir_arg).expanduser() if models_dir_arg else None
+    folders = list(dict.fromkeys(d for d in (given, models_dir(), cache_dir()) if d is not None))
     return [d / artifact.filename for d in folders]
 
 
-def find(name: str, explicit: str | None = None) -> Path | None:
+def find(name: str, explicit: str | None = None, models_dir: str | os.PathLike | None = None) -> Path | None:
     if explicit:
         path = Path(explicit).expanduser()
         return path if path.is_file() else None
-    return next((p for p in candidate_paths(name) if p.is_file()), None)
+    return next((p for p in candidate_paths(name, models_dir) if p.is_file()), None)
 
 
-def resolve(name: str, explicit: str | None = None) -> Path:
+def resolve(name: str, explicit: str | None = None, models_dir: str | os.PathLike | None = None) -> Path:
     """The model's file, or a UserError saying where it looked and how to fetch it."""
-    path = find(name, explicit)
+    path = find(name, explicit, models_dir)
     if path is not None:
         return path
     if explicit:
         raise UserError(f"model {name}: the recipe names {explicit}, which does not exist")
-    looked = ", ".join(str(p) for p in candidate_paths(name))
+    looked = ", ".join(str(p) for p in candidate_paths(name, models_dir))
     raise UserError(f"model {name} is missing (looked in {looked}); fetch it with `actcurate models pull {name}`"
                     " or put the file in --models-dir")
 

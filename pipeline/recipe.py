@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.errors import UserError
-from pipeline.stage import Stage, StageParams
+from pipeline.stage import RunContext, Stage, StageParams
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 TOP_LEVEL_KEYS = {"name", "description", "stages"}
@@ -24,8 +24,8 @@ class StageSpec:
     cls: type[Stage]
     params: StageParams
 
-    def build(self) -> Stage:
-        return self.cls(self.params)
+    def build(self, context: RunContext | None = None) -> Stage:
+        return self.cls(self.params, context)
 
 
 @dataclass
@@ -49,6 +49,11 @@ class Recipe:
 
     def stage_names(self) -> list[str]:
         return [s.name for s in self.stages]
+
+    @property
+    def split_stage(self) -> str | None:
+        """The first stage that turns video rows into clip rows: the stages up to it see one row per video."""
+        return next((s.name for s in self.stages if s.cls.splits), None)
 
 
 def available_recipes() -> list[str]:
@@ -88,8 +93,6 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
 
 
 def build_recipe(doc: dict, source: str = "<dict>", overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    from stages import STAGES  # the registry imports every stage module; keep it out of module import time
-
     if not isinstance(doc, dict):
         raise UserError(f"recipe {source}: expected a mapping at the top level")
     unknown = set(doc) - TOP_LEVEL_KEYS
@@ -106,11 +109,12 @@ def build_recipe(doc: dict, source: str = "<dict>", overrides: list[str] | tuple
             raise UserError(f"--set {text}: stage {stage!r} is not in recipe {source} (stages: {', '.join(params_by_stage)})")
         params_by_stage[stage][param] = value
 
+    known = _known_stages()
     specs = []
     for name, params in params_by_stage.items():
-        if name not in STAGES:
-            raise UserError(f"recipe {source}: unknown stage {name!r}; known stages: {', '.join(STAGES)}")
-        cls = STAGES[name]
+        if name not in known:
+            raise UserError(f"recipe {source}: unknown stage {name!r}; known stages: {', '.join(known)}")
+        cls = known[name]
         try:
             specs.append(StageSpec(name, cls, cls.Params(**params)))
         except ValidationError as exc:
@@ -119,35 +123,48 @@ def build_recipe(doc: dict, source: str = "<dict>", overrides: list[str] | tuple
             )
             known = ", ".join(cls.Params.model_fields)
             raise UserError(f"recipe {source}: {problems} (parameters of {name}: {known})") from None
-    _check_order(specs, source)
-    _fill_frame_request(specs)
+    _check_requirements(specs, source)
+    _fill_frame_requests(specs)
     return Recipe(doc.get("name") or Path(source).stem, doc.get("description") or "", specs, source)
 
 
-def _fill_frame_request(specs: list[StageSpec]) -> None:
-    """Decode once: the scenes stage keeps the union (highest rate, largest size) of what later stages read."""
-    scenes = next((s for s in specs if s.name == "scenes"), None)
-    if scenes is None:
-        return
-    requests = [r for s in specs if (r := s.build().frame_request()) is not None]
-    update = {}
-    if scenes.params.keep_fps is None and requests:
-        update["keep_fps"] = max(r.fps for r in requests)
-    if scenes.params.keep_max_side is None and requests:
-        update["keep_max_side"] = max(r.max_side for r in requests)
-    if update:
-        scenes.params = scenes.params.model_copy(update=update)
+def _check_requirements(specs: list[StageSpec], source: str) -> None:
+    """Every stage's declared needs come from an earlier stage: a stage by name, or a column an earlier stage
+    declares; stages that read frames come after a stage that provides them. One line says what is missing."""
+    for k, spec in enumerate(specs):
+        stage = spec.build()
+        earlier = specs[:k]
+        provided = {s.name for s in earlier} | {c for s in earlier for c in s.cls.columns}
+        for need in stage.requirements():
+            if need in provided:
+                continue
+            later = [s.name for s in specs[k + 1:] if s.name == need or need in s.cls.columns]
+            if later:
+                raise UserError(f"recipe {source}: stage {spec.name!r} needs {need!r} before it, but "
+                                f"{later[0]!r} comes after it")
+            raise UserError(f"recipe {source}: stage {spec.name!r} needs {need!r} before it, and no stage of the "
+                            "recipe provides it")
+        if stage.frame_request() is not None and not any(s.cls.provides_frames for s in earlier):
+            providers = [name for name, cls in _known_stages().items() if cls.provides_frames]
+            raise UserError(f"recipe {source}: stage {spec.name!r} reads frames, which only "
+                            f"{' or '.join(repr(n) for n in providers)} decodes; put it before {spec.name!r}")
 
 
-def _check_order(specs: list[StageSpec], source: str) -> None:
-    names = [s.name for s in specs]
-    if "scenes" in names and ("probe" not in names or names.index("scenes") < names.index("probe")):
-        # probe's pixel guard must have run before anything decodes a whole video
-        raise UserError(f"recipe {source}: 'scenes' needs 'probe' before it")
-    needs_frames = [s.name for s in specs if s.build().frame_request() is not None]
-    if needs_frames and "scenes" not in names:
-        raise UserError(f"recipe {source}: stages {', '.join(needs_frames)} read frames, which only the 'scenes' stage decodes")
-    if "scenes" in names:
-        early = [n for n in needs_frames if names.index(n) < names.index("scenes")]
-        if early:
-            raise UserError(f"recipe {source}: stages {', '.join(early)} read frames and must come after 'scenes'")
+def _known_stages() -> dict[str, type[Stage]]:
+    from stages import STAGES  # the registry imports every stage module; keep it out of module import time
+
+    return STAGES
+
+
+def _fill_frame_requests(specs: list[StageSpec]) -> None:
+    """Decode once: each frame provider keeps what the stages after it (up to the next provider) ask for."""
+    for k, spec in enumerate(specs):
+        if not spec.cls.provides_frames:
+            continue
+        requests = []
+        for later in specs[k + 1:]:
+            if later.cls.provides_frames:
+                break
+            if (request := later.build().frame_request()) is not None:
+                requests.append(request)
+        spec.params = spec.build().with_frame_requests(requests)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -13,10 +14,11 @@ from manifests.schema import manifest_schema
 from pipeline.collector import ShardCollector
 from pipeline.commits import committed_shards
 from pipeline.errors import UserError
-from pipeline.executor import build_dataset, decode_clips, ensure_ray, namespace
+from pipeline.executor import DEFAULT_CHUNK_BYTES, build_dataset, decode_clips, ensure_ray, namespace
 from pipeline.plan import Plan, PlannedVideo, load_or_create_plan
 from pipeline.progress import RunProgress, start_progress_actor
 from pipeline.recipe import Recipe
+from pipeline.stage import RunContext
 from pipeline.storage import Store, check_writable
 
 RUN_JSON = "run.json"
@@ -33,6 +35,8 @@ class RunOptions:
     redo_errors: bool = False
     allow_recipe_change: bool = False
     progress: bool | None = None  # None: bars on a terminal, log lines otherwise
+    models_dir: str | None = None  # --models-dir: model files searched before the cache
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES  # a long video leaves the splitting stage in parts of about this size
 
 
 @dataclass
@@ -72,6 +76,9 @@ def _record_run(store: Store, opts: RunOptions) -> None:
     record = {
         "recipe": recipe.to_dict(),
         "recipe_hash": recipe.hash,
+        # what audit and status need, so they never import the stage modules (cv2, av, scenedetect)
+        "split_stage": recipe.split_stage,
+        "rules": {s.name: s.cls.rule_meanings() for s in recipe.stages},
         "recipe_source": recipe.source,
         "created_at": (info or {}).get("created_at", now),
         "started_at": now,
@@ -99,8 +106,9 @@ def _redo_targets(store: Store, plan: Plan, committed: dict[str, dict]):
 def run(opts: RunOptions) -> RunResult:
     started = time.monotonic()
     recipe = opts.recipe
+    context = RunContext(models_dir=str(Path(opts.models_dir).expanduser().resolve()) if opts.models_dir else None)
     for spec in recipe.stages:
-        spec.build().preflight()  # missing models, unreachable endpoints: fail before any video is touched
+        spec.build(context).preflight()  # missing models, unreachable endpoints: fail before any video is touched
     store = Store(opts.output)
     plan, created = load_or_create_plan(store, opts.input, opts.shard_size)
     if not created:
@@ -121,16 +129,15 @@ def run(opts: RunOptions) -> RunResult:
 
     ensure_ray(opts.address)
     stage_columns = {c: t for spec in recipe.stages for c, t in spec.cls.columns.items()}
-    schema = manifest_schema(recipe.stage_names(), stage_columns)
+    schema = manifest_schema(recipe.stage_names(), stage_columns, recipe.split_stage)
     actor_name = f"actcurate-progress-{uuid.uuid4().hex[:8]}"
-    dataset = build_dataset(recipe, todo, progress_actor=actor_name)  # lazy; checks the cluster's resources
+    # lazy; checks the cluster's resources
+    dataset = build_dataset(recipe, todo, progress_actor=actor_name, context=context, chunk_bytes=opts.chunk_bytes)
     actor = start_progress_actor(namespace(), actor_name)
     collector = ShardCollector(store, schema, recipe.hash, expected, {v.video_id: v.order for v in plan.videos},
                                kept_rows=kept)
-    from stages import split_index
-
-    split_at = split_index(recipe.stage_names())
-    video_level = len(recipe.stages) if split_at is None else split_at + 1
+    split = recipe.split_stage
+    video_level = len(recipe.stages) if split is None else recipe.stage_names().index(split) + 1
     with RunProgress(recipe.stage_names(), len(todo), actor=actor, interactive=opts.progress,
                      video_level_stages=video_level) as progress:
         collector.on_commit = lambda shard_id, record: progress.videos_committed(len(expected[shard_id]))

@@ -1,22 +1,40 @@
-"""The stage contract: a small class with one job, declared resources and the manifest columns it writes."""
+"""The stage contract (v2): a small class with one job, declared resources, dependencies and manifest columns.
+
+A stage declares what it needs (`requires`), whether it decodes the video and hands frames on (`provides_frames`),
+whether it turns one video row into clip rows (`splits`) and whether it loads models once per worker (`actor`).
+The engine reads these declarations and never tests a stage's name.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
 
+import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.clip import Clip
+from pipeline.clip import Clip, sample_indices
+
+T = TypeVar("T")
 
 
 class StageParams(BaseModel):
     """Base of every stage's parameters; unknown keys are errors, so a typo in a recipe never passes silently."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelParams(StageParams):
+    """Parameters every model stage shares: where it runs and how much of a GPU one worker takes."""
+
+    # auto: a GPU when the cluster has one (and the stage's backend can use it), else the CPU; cuda: fail at
+    # start-up without one.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpu_share: float = Field(0.25, gt=0, le=1)  # Ray num_gpus of one worker on a GPU (Cosmos-Curate's 0.25)
 
 
 class Resources(BaseModel):
@@ -34,10 +52,35 @@ class Resources(BaseModel):
 
 @dataclass(frozen=True)
 class FrameRequest:
-    """Frames a stage wants the scenes stage to keep for it: a sampling rate and a bound on the long side."""
+    """Frames a stage wants the frame-providing stage to keep for it: a sampling rate and a bound on the long side."""
 
     fps: float
     max_side: int
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Run-level settings a stage may need, handed to it by the engine (never through environment variables)."""
+
+    models_dir: str | None = None  # --models-dir: searched after a recipe's explicit path, before the cache
+
+
+@dataclass
+class FrameSample:
+    """The kept frames a stage reads: indices into `clip.frames`, the images and their times (s)."""
+
+    indices: list[int] = field(default_factory=list)
+    images: Sequence[np.ndarray] = ()
+    times: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+# Causes that several stages can reject by: one name and one meaning each, so the audit counts a cause once.
+COMMON_RULES: dict[str, str] = {
+    "no_frames": "the clip has no kept frame for this stage to read",
+}
 
 
 class Stage:
@@ -45,33 +88,63 @@ class Stage:
     Params: ClassVar[type[StageParams]] = StageParams
     resources: ClassVar[Resources] = Resources()
     columns: ClassVar[dict[str, pa.DataType]] = {}
+    # Stages (by name) or columns (by full name) that must come from an earlier stage of the recipe.
+    requires: ClassVar[tuple[str, ...]] = ()
+    # True for the stage that decodes videos and keeps the frames later stages read (their `frame_request`s).
+    provides_frames: ClassVar[bool] = False
     # True for a stage that turns one video row into clip rows (the audit counts videos before it, clips after).
     splits: ClassVar[bool] = False
+    # True for a stage that loads models in setup(): it runs in a Ray actor pool, set up once per worker.
+    actor: ClassVar[bool] = False
     # Rules this stage can reject by, with a one-line meaning each (shown by `actcurate audit` and the README).
     rules: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, params: StageParams | None = None):
+    def __init__(self, params: StageParams | None = None, context: RunContext | None = None):
         self.params = params if params is not None else self.Params()
+        self.context = context or RunContext()
+
+    # -- declarations ----------------------------------------------------------------------------------------------
+    def requirements(self) -> tuple[str, ...]:
+        """What this configured stage needs from earlier stages (parameters may add to the class's `requires`)."""
+        return self.requires
+
+    def frame_request(self) -> FrameRequest | None:
+        """Frames this stage reads; the frame-providing stage keeps the union of every later stage's request."""
+        return None
+
+    def with_frame_requests(self, requests: list[FrameRequest]) -> StageParams:
+        """A frame provider's parameters updated to keep what the later stages ask for."""
+        return self.params
+
+    @classmethod
+    def rule_meanings(cls) -> dict[str, str]:
+        return {**COMMON_RULES, **cls.rules}
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        """Load models once per worker. Stages that override this run in a Ray actor pool."""
+        """Load models once per worker (in the Ray actor of a stage with `actor = True`)."""
 
     def resources_for(self, cluster_gpus: float) -> Resources:
-        """What this stage asks of the cluster it is about to run on (a stage on `device: auto` takes a GPU share
-        only where there are GPUs)."""
+        """What this stage asks of the cluster it is about to run on: a model stage takes its GPU share on
+        `device: cuda`, and on `device: auto` only where the cluster has GPUs and its backend can use one."""
+        device = getattr(self.params, "device", None)
+        on_gpu = device == "cuda" or (device == "auto" and cluster_gpus > 0 and self.can_use_gpu())
+        if on_gpu:
+            return self.resources.model_copy(update={"gpus": self.params.gpu_share})
         return self.resources
+
+    def can_use_gpu(self) -> bool:
+        """Whether this configured stage's backend runs on a GPU at all (a CPU-only backend never takes one)."""
+        return hasattr(self.params, "device")
 
     def preflight(self) -> None:
         """Checks on the driver before any video is touched (models present, endpoint reachable); raise UserError."""
 
-    @classmethod
-    def needs_actor(cls) -> bool:
-        return cls.setup is not Stage.setup
+    def model_path(self, artifact: str, explicit: str | None = None) -> Path:
+        """A model file through the registry: the recipe's explicit path, then --models-dir, then the cache."""
+        from pipeline import models
 
-    def frame_request(self) -> FrameRequest | None:
-        """Frames this stage reads; the scenes stage keeps the union of every later stage's request."""
-        return None
+        return models.resolve(artifact, explicit, models_dir=self.context.models_dir)
 
     # -- processing ------------------------------------------------------------------------------------------------
     def process_clip(self, clip: Clip) -> None | Iterable[Clip]:
@@ -79,18 +152,49 @@ class Stage:
         raise NotImplementedError(f"stage {self.name} implements neither process nor process_clip")
 
     def process(self, clips: list[Clip]) -> list[Clip]:
-        """Batch entry point; the default isolates each clip so one bad clip never fails its siblings."""
+        """Batch entry point for stages that batch work across clips; by default one clip at a time."""
         return list(self._each(clips))
 
     def iter_process(self, clips: list[Clip]) -> Iterator[Clip]:
-        """What the executor calls: streams the output so a long video need not sit in memory whole."""
-        if type(self).process is not Stage.process:
-            return iter(self.process(clips))
-        return self._each(clips)
+        """What the engine calls. Streams the output (a long video need not sit in memory whole); a batch stage's
+        failure is retried clip by clip, so one bad clip never fails its siblings."""
+        if type(self).process is Stage.process:
+            return self._each(clips)
+        started = time.perf_counter()
+        outputs: list[Clip] = []
+        self.isolate(clips, lambda group: outputs.extend(self.process(group)))
+        emitted = {id(c) for c in outputs}
+        # rows process() never saw (already dead) or that failed on their own still leave the stage
+        outputs += [c for c in clips if id(c) not in emitted]
+        self._charge_all([c for c in outputs if self.name not in c.timings], started)
+        return iter(outputs)
+
+    def isolate(self, items: list[T], step: Callable[[list[T]], Any],
+                clip_of: Callable[[T], Clip] = lambda item: item) -> None:
+        """Run `step` over all items together; if it raises, again one item at a time, so only the items that fail
+        on their own become error rows. The one place a batch is split to find its bad member."""
+        live = [item for item in items if clip_of(item).alive]
+        if not live:
+            return
+        try:
+            step(live)
+            return
+        except Exception:
+            pass
+        for item in live:
+            if not clip_of(item).alive:  # rejected during the batch attempt: that verdict stands
+                continue
+            try:
+                step([item])
+            except Exception as exc:
+                clip_of(item).fail(self.name, exc)
 
     def _each(self, clips: list[Clip]) -> Iterator[Clip]:
         for clip in clips:
             started = time.perf_counter()
+            if not clip.alive:  # rejected and errored rows pass through later stages untouched
+                yield clip
+                continue
             try:
                 produced = self.process_clip(clip)
                 if produced is None:
@@ -111,15 +215,55 @@ class Stage:
         clip.timings[self.name] = clip.timings.get(self.name, 0.0) + time.perf_counter() - started
         return clip
 
+    def _charge_all(self, clips: list[Clip], started: float) -> None:
+        share = (time.perf_counter() - started) / max(1, len(clips))
+        for clip in clips:
+            clip.timings[self.name] = clip.timings.get(self.name, 0.0) + share
+
     def recover(self, clip: Clip, exc: Exception) -> Iterator[Clip]:
         """Rows to emit when processing `clip` raised; splitting stages override to keep what they already emitted."""
         clip.fail(self.name, exc)
         yield clip
 
     # -- helpers for subclasses ------------------------------------------------------------------------------------
+    def frames(self, clip: Clip, fps: float | None = None, max_frames: int | None = None) -> FrameSample:
+        """The clip's kept frames at this stage's rate (its frame request's fps unless given), on the same grid the
+        frame provider kept them by; `max_frames` spreads a cap evenly over the clip."""
+        if clip.frames is None or len(clip.frames) == 0:
+            return FrameSample()
+        if len(clip.frame_times) != len(clip.frames):
+            raise ValueError(f"clip has {len(clip.frames)} frames but {len(clip.frame_times)} frame times")
+        request = self.frame_request()
+        rate = fps or (request.fps if request else None)
+        indices = sample_indices(clip.frame_times, rate) if rate else list(range(len(clip.frames)))
+        if max_frames is not None and len(indices) > max_frames:
+            indices = [indices[i] for i in np.linspace(0, len(indices) - 1, max_frames).round().astype(int)]
+        return FrameSample(indices, [clip.frames[i] for i in indices], [float(clip.frame_times[i]) for i in indices])
+
     def reject(self, clip: Clip, rule: str, value: float | None, threshold: float | None) -> None:
-        assert rule in self.rules, f"stage {self.name} has no rule {rule!r}; declare it in {type(self).__name__}.rules"
+        assert rule in self.rule_meanings(), (
+            f"stage {self.name} has no rule {rule!r}; declare it in {type(self).__name__}.rules")
         clip.reject(self.name, rule, value, threshold)
+
+    def at_least(self, clip: Clip, rule: str, value: float | None, threshold: float | None,
+                 strict: bool = False) -> bool:
+        """Reject `clip` by `rule` unless value >= threshold (> with `strict`); a None threshold means the rule is
+        off. A None value (nothing measured) fails an active rule. Returns whether the clip passed."""
+        if threshold is None:
+            return True
+        if value is not None and (value > threshold if strict else value >= threshold):
+            return True
+        self.reject(clip, rule, value, threshold)
+        return False
+
+    def at_most(self, clip: Clip, rule: str, value: float | None, threshold: float | None) -> bool:
+        """Reject `clip` by `rule` unless value <= threshold; a None threshold means the rule is off."""
+        if threshold is None:
+            return True
+        if value is not None and value <= threshold:
+            return True
+        self.reject(clip, rule, value, threshold)
+        return False
 
     def set(self, clip: Clip, **values: Any) -> None:
         for key, value in values.items():

@@ -13,9 +13,4 @@ STAGES: dict[str, type[Stage]] = {
 }
 
 
-def split_index(stage_names: list[str]) -> int | None:
-    """Position of the first stage that turns video rows into clip rows: the stages up to it see one row per video."""
-    return next((i for i, name in enumerate(stage_names) if name in STAGES and STAGES[name].splits), None)
-
-
-__all__ = ["STAGES", "split_index", "AestheticStage", "MotionStage", "OcrStage", "PoseStage", "ProbeStage", "ScenesStage"]
+__all__ = ["STAGES", "AestheticStage", "MotionStage", "OcrStage", "PoseStage", "ProbeStage", "ScenesStage"]

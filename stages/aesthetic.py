@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -36,9 +37,10 @@ import pyarrow as pa
 from pydantic import Field
 
 from pipeline import models
-from pipeline.clip import Clip, sample_indices
+from pipeline.clip import Clip
+from pipeline.devices import torch_device
 from pipeline.errors import UserError
-from pipeline.stage import FrameRequest, Resources, Stage, StageParams
+from pipeline.stage import FrameRequest, FrameSample, ModelParams, Resources, Stage
 
 CLIP_ARTIFACT = "clip-vit-l-14-openai"
 HEAD_ARTIFACT = "laion-aesthetic-head"
@@ -51,7 +53,7 @@ HEAD_LAYOUT = (("linear", 1024), ("dropout", 0.2), ("linear", 128), ("dropout", 
                ("dropout", 0.1), ("linear", 16), ("linear", 1))
 
 
-class AestheticParams(StageParams):
+class AestheticParams(ModelParams):
     # open_clip architecture name, or the path of an open_clip model-config JSON (its file stem becomes the name).
     clip_model: str = "ViT-L-14"
     clip_weights: str | None = None  # open_clip checkpoint (.safetensors/.bin/.pt); None: the registry's file
@@ -64,10 +66,8 @@ class AestheticParams(StageParams):
     max_frames: int | None = Field(None, ge=1)
     max_side: int = Field(448, ge=32)
     batch_size: int = Field(32, ge=1)  # frames per forward pass, across the clips of a batch
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto: cuda when torch sees a GPU, else cpu
     # fp32 on the CPU; on CUDA, auto means fp16 autocast (the reference code runs CLIP in fp16 on GPUs).
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    gpu_fraction: float = Field(0.25, gt=0, le=1)  # GPU share per worker when device is cuda (Cosmos-Curate: 0.25)
     # Rule (None: score only). A clip is rejected when its score (reduce over its frames) is below the threshold.
     min_aesthetic: float | None = None
     reduce: Literal["mean", "min"] = "mean"
@@ -76,9 +76,9 @@ class AestheticParams(StageParams):
 class AestheticStage(Stage):
     name = "aesthetic"
     Params = AestheticParams
-    # Rows (videos or parts) per call; their clips' frames are batched together. An instance with device=cuda
-    # carries its GPU share (see __init__); device=auto takes one only on clusters with GPUs (resources_for).
+    # Rows (videos or parts) per call; their clips' frames are batched together.
     resources = Resources(cpus=1.0, batch_size=4)
+    actor = True
     columns: ClassVar[dict[str, pa.DataType]] = {
         "aesthetic_score": pa.float64(),  # the value min_aesthetic checks: `reduce` over the frame scores
         "aesthetic_mean": pa.float64(),
@@ -89,19 +89,11 @@ class AestheticStage(Stage):
     }
     rules: ClassVar[dict[str, str]] = {
         "min_aesthetic": "LAION aesthetic score (mean or min over sampled frames) below min_aesthetic",
-        "too_few_frames": "no sampled frame to score while min_aesthetic is set",
     }
 
-    def __init__(self, params: AestheticParams | None = None):
-        super().__init__(params)
-        if self.params.device.startswith("cuda"):
-            self.resources = type(self).resources.model_copy(update={"gpus": self.params.gpu_fraction})
+    def __init__(self, params: AestheticParams | None = None, context=None):
+        super().__init__(params, context)
         self._scorer: _Scorer | None = None
-
-    def resources_for(self, cluster_gpus: float) -> Resources:
-        if self.params.device == "auto" and cluster_gpus > 0:
-            return self.resources.model_copy(update={"gpus": self.params.gpu_fraction})
-        return self.resources
 
     def frame_request(self) -> FrameRequest:
         return FrameRequest(self.params.fps, self.params.max_side)
@@ -122,8 +114,8 @@ class AestheticStage(Stage):
         if p.clip_weights is None and _model_name(p.clip_model) not in REGISTRY_CLIP_MODELS:
             raise UserError(f"aesthetic.clip_model is {p.clip_model}: the registry holds weights for ViT-L-14 only; "
                             "set aesthetic.clip_weights to the open_clip checkpoint of that model")
-        head = models.resolve(HEAD_ARTIFACT, p.head_weights)
-        clip = models.resolve(CLIP_ARTIFACT, p.clip_weights)
+        head = self.model_path(HEAD_ARTIFACT, p.head_weights)
+        clip = self.model_path(CLIP_ARTIFACT, p.clip_weights)
         return clip, head
 
     def setup(self) -> None:
@@ -134,57 +126,45 @@ class AestheticStage(Stage):
     # -- processing ------------------------------------------------------------------------------------------------
     def process(self, clips: list[Clip]) -> list[Clip]:
         self.setup()
-        p = self.params
-        work: list[tuple[Clip, list[int], int, int]] = []  # clip, frame indices, slice of the batch
-        inputs = []
-        offset = 0
-        for clip in clips:
-            if not clip.alive:
-                continue
-            try:
-                indices = self.frame_indices(clip)
-                if not indices:
-                    self._no_frames(clip)
-                    continue
-                tensor = self._scorer.preprocess(clip.frames, indices)
-            except Exception as exc:  # one clip's bad frames fail that clip only
-                clip.fail(self.name, exc)
-                continue
-            inputs.append(tensor)
-            work.append((clip, indices, offset, offset + len(indices)))
-            offset += len(indices)
-        if not work:
-            return clips
-        scores = self._scorer.score(inputs)  # raises for the whole batch only on a model failure (the runner
-        for clip, indices, start, end in work:  # then retries clip by clip)
-            frame_scores = scores[start:end]
-            if not np.isfinite(frame_scores).all():  # never let a NaN pass a threshold check silently
-                clip.fail(self.name, ValueError(f"non-finite aesthetic scores {frame_scores.tolist()}"))
-                continue
-            mean, low = float(np.mean(frame_scores)), float(np.min(frame_scores))
-            value = mean if p.reduce == "mean" else low
-            self.set(clip, score=value, mean=mean, min=low, frames=len(indices),
-                     frame_scores=[float(s) for s in frame_scores],
-                     frame_times=[float(clip.frame_times[i]) for i in indices])
-            if p.min_aesthetic is not None and value < p.min_aesthetic:
-                self.reject(clip, "min_aesthetic", value, p.min_aesthetic)
+        work = [_Work(clip) for clip in clips if clip.alive]
+        self.isolate(work, self._preprocess, clip_of=lambda w: w.clip)
+        # one forward pass over every clip's frames; a model failure is retried clip by clip
+        self.isolate([w for w in work if w.tensor is not None], self._score, clip_of=lambda w: w.clip)
         return clips
 
-    def frame_indices(self, clip: Clip) -> list[int]:
-        if clip.frames is None or len(clip.frames) == 0:
-            return []
-        if len(clip.frame_times) != len(clip.frames):
-            raise ValueError(f"clip has {len(clip.frames)} frames but {len(clip.frame_times)} frame times")
-        picked = sample_indices(clip.frame_times, self.params.fps)
-        cap = self.params.max_frames
-        if cap is not None and len(picked) > cap:
-            picked = [picked[i] for i in np.linspace(0, len(picked) - 1, cap).round().astype(int)]
-        return picked
+    def _preprocess(self, work: list[_Work]) -> None:
+        for w in work:
+            w.sample = self.frames(w.clip, max_frames=self.params.max_frames)
+            if not w.sample:
+                self.set(w.clip, score=None, mean=None, min=None, frames=0, frame_scores=[], frame_times=[])
+                if self.params.min_aesthetic is not None:
+                    self.reject(w.clip, "no_frames", 0, 1)
+                continue
+            w.tensor = self._scorer.preprocess(w.sample.images)
 
-    def _no_frames(self, clip: Clip) -> None:
-        self.set(clip, score=None, mean=None, min=None, frames=0, frame_scores=[], frame_times=[])
-        if self.params.min_aesthetic is not None:
-            self.reject(clip, "too_few_frames", 0, 1)
+    def _score(self, work: list[_Work]) -> None:
+        p = self.params
+        scores = self._scorer.score([w.tensor for w in work])
+        at = 0
+        for w in work:
+            frame_scores = scores[at:at + len(w.sample)]
+            at += len(w.sample)
+            if not np.isfinite(frame_scores).all():  # never let a NaN pass a threshold check silently
+                raise ValueError(f"non-finite aesthetic scores {frame_scores.tolist()}")
+            mean, low = float(np.mean(frame_scores)), float(np.min(frame_scores))
+            value = mean if p.reduce == "mean" else low
+            self.set(w.clip, score=value, mean=mean, min=low, frames=len(w.sample),
+                     frame_scores=[float(s) for s in frame_scores], frame_times=w.sample.times)
+            self.at_least(w.clip, "min_aesthetic", value, p.min_aesthetic)
+
+
+@dataclass
+class _Work:
+    """One clip's state inside a batch."""
+
+    clip: Clip
+    sample: FrameSample | None = None
+    tensor: object | None = None
 
 
 def _model_name(clip_model: str) -> str:
@@ -251,10 +231,7 @@ class _Scorer:
             json.loads(config.read_text())  # a clear JSONDecodeError here rather than a silent skip in open_clip
             open_clip.add_model_config(config)
             name = config.stem
-        if p.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        else:
-            self.device = p.device
+        self.device = torch_device(p.device, "aesthetic")
         try:
             model, _, self.transform = open_clip.create_model_and_transforms(
                 name, pretrained=str(clip_path), force_quick_gelu=p.quick_gelu)
@@ -277,15 +254,14 @@ class _Scorer:
             precision = "fp16" if self.device.startswith("cuda") else "fp32"
         self.autocast_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
-    def preprocess(self, frames: np.ndarray, indices: list[int]):
+    def preprocess(self, frames: list[np.ndarray]):
         """open_clip's eval transform on the chosen RGB frames. Its PIL steps (bicubic resize, centre crop) run here,
         per frame; its tensor steps (to float / 255, normalise) run batched on the model's device in score(), with
         the same operations, so the values are identical and only uint8 pixels travel to the device."""
         from PIL import Image
 
         batch = []
-        for i in indices:
-            frame = frames[i]
+        for i, frame in enumerate(frames):
             if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
                 raise ValueError(f"frame {i} is {frame.dtype} {frame.shape}, not uint8 (H, W, 3) RGB")
             image = Image.fromarray(frame)

@@ -13,8 +13,8 @@ DIS alone follows displacements up to about 6 % of the frame width; a global shi
 it, and the seeded flow is kept when it explains the second frame clearly better, so fast pans are not under-read.
 
 GPU backend `raft`: torchvision's RAFT (raft_large or raft_small) on the same frame pairs, with the same
-normalisation and checks; it needs torch and torchvision, a CUDA GPU and the weights file in torch's cache (or
-`raft_weights`), and says so before any video is touched.
+normalisation and checks; it needs torch and torchvision and the weights file in torch's cache (or `raft_weights`),
+runs where `device` says (auto: a GPU when there is one), and says what is missing before any video is touched.
 
 Also recorded: the median and largest pair score (one bad pair does not move the median), the split of the flow
 into a camera part (a robust affine fit of the flow field: pan, tilt, zoom, roll) and an object part (what the
@@ -37,9 +37,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.clip import Clip, sample_indices
+from pipeline.clip import Clip
+from pipeline.devices import torch_device
 from pipeline.errors import UserError
-from pipeline.stage import FrameRequest, Resources, Stage, StageParams
+from pipeline.stage import FrameRequest, ModelParams, Resources, Stage
 
 _DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -58,7 +59,7 @@ _SUPPORT_WINDOW = 7
 _NOISE_LEVEL = 0.05
 
 
-class MotionParams(StageParams):
+class MotionParams(ModelParams):
     backend: Literal["dis", "raft"] = "dis"
     # Frame pairs 0.25 s apart (ours; Open-Sora and Data-Juicer use 0.5 s, which DIS follows less well).
     fps: float = Field(4.0, gt=0)
@@ -77,10 +78,9 @@ class MotionParams(StageParams):
     # RAFT backend.
     raft_model: Literal["raft_large", "raft_small"] = "raft_large"
     raft_weights: str | None = None  # a .pth file; None: torchvision's default weights, from torch's cache only
-    raft_device: str = "cuda"
     raft_iters: int = Field(12, ge=1)
     raft_batch_pairs: int = Field(16, ge=1)
-    raft_gpus: float = Field(0.25, gt=0, le=1)  # GPU share of one RAFT worker (Ray's num_gpus)
+    # device / gpu_share (ModelParams): where RAFT runs; the DIS backend always runs on the CPU.
 
 
 class MotionStage(Stage):
@@ -88,6 +88,7 @@ class MotionStage(Stage):
     Params = MotionParams
     # Half a logical CPU (DIS at 256 px costs about 3 ms a frame): see OcrStage.resources.
     resources = Resources(cpus=0.5, batch_size=4)
+    actor = True
     columns: ClassVar[dict[str, pa.DataType]] = {
         "motion_pairs": pa.int32(),  # frame pairs measured
         "motion_score": pa.float64(),  # mean over pairs, frame diagonals per second
@@ -103,15 +104,15 @@ class MotionStage(Stage):
     rules: ClassVar[dict[str, str]] = {
         "min_flow": "flow score below min_flow (static scene, slideshow)",
         "max_flow": "flow score above max_flow (shaky camera, very fast motion)",
-        "too_few_frames": "fewer than two kept frames: no frame pair to measure (only when a rule is set)",
+        "too_few_frames": "one kept frame only: no frame pair to measure (only when a rule is set)",
     }
 
-    def __init__(self, params: MotionParams | None = None):
-        super().__init__(params)
+    def __init__(self, params: MotionParams | None = None, context=None):
+        super().__init__(params, context)
         self._flow = None
-        p = self.params
-        if p.backend == "raft" and p.raft_device.startswith("cuda"):  # the engine then places it on a GPU
-            self.resources = type(self).resources.model_copy(update={"gpus": p.raft_gpus, "cpus": 1.0})
+
+    def can_use_gpu(self) -> bool:
+        return self.params.backend == "raft"
 
     def frame_request(self) -> FrameRequest:
         return FrameRequest(self.params.fps, self.params.working_side)
@@ -127,16 +128,19 @@ class MotionStage(Stage):
         if self._flow is None:
             self.setup()
         p = self.params
-        indices = sample_indices(clip.frame_times, p.fps) if clip.frames is not None else []
-        if len(indices) < 2:
+        sample = self.frames(clip)
+        if len(sample) < 2:
             self.set(clip, pairs=0, pair_scores=[], pair_times=[])
             if p.min_flow is not None or p.max_flow is not None:
-                self.reject(clip, "too_few_frames", len(indices), 2)
+                if sample:
+                    self.reject(clip, "too_few_frames", len(sample), 2)
+                else:
+                    self.reject(clip, "no_frames", 0, 1)
             return
-        rgb = [clip.frames[i] for i in indices]
+        rgb = list(sample.images)
         grey = [working_frame(f, p.working_side) for f in rgb]
         flat = [is_flat(f) for f in grey]
-        times = [float(clip.frame_times[i]) for i in indices]
+        times = sample.times
         height, width = grey[0].shape
         diagonal = math.hypot(width, height)
         todo = [k for k in range(len(grey) - 1) if not (flat[k] or flat[k + 1])]
@@ -168,10 +172,7 @@ class MotionStage(Stage):
             pair_times=times[:-1],
         )
         value = score if p.statistic == "mean" else median
-        if p.min_flow is not None and value < p.min_flow:
-            self.reject(clip, "min_flow", value, p.min_flow)
-        elif p.max_flow is not None and value > p.max_flow:
-            self.reject(clip, "max_flow", value, p.max_flow)
+        self.at_least(clip, "min_flow", value, p.min_flow) and self.at_most(clip, "max_flow", value, p.max_flow)
 
 
 def _round(value: float, digits: int = 6) -> float:
@@ -322,11 +323,7 @@ class _RaftFlow:
         if missing:
             raise UserError(f"motion backend 'raft' needs {' and '.join(missing)} (pip install torch torchvision), "
                             "which this environment lacks; the default backend 'dis' runs on the CPU with OpenCV")
-        import torch
-
-        if p.raft_device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError("motion backend 'raft' is set to run on a CUDA GPU and torch finds none here; use "
-                            "motion.backend=dis (CPU) or run on a machine with a GPU")
+        torch_device(p.device, "motion")  # device: cuda without a GPU is a start-up error
         path = _RaftFlow.weights_path(p)
         if not os.path.isfile(path):
             raise UserError(f"motion backend 'raft': weights file not found: {path}; put torchvision's "
@@ -348,10 +345,11 @@ class _RaftFlow:
         from torchvision.models import optical_flow
 
         self.torch, self.p = torch, p
+        self.device = torch_device(p.device, "motion")
         builder = optical_flow.raft_large if p.raft_model == "raft_large" else optical_flow.raft_small
         model = builder(weights=None, progress=False)
         model.load_state_dict(torch.load(self.weights_path(p), map_location="cpu", weights_only=True))
-        self.model = model.eval().to(p.raft_device)
+        self.model = model.eval().to(self.device)
 
     def flows(self, grey: list[np.ndarray], rgb: list[np.ndarray], pairs: list[int]) -> list[np.ndarray]:
         """Flow at the working size for each pair k (frames k and k + 1), RAFT run in batches of pairs."""
@@ -365,8 +363,8 @@ class _RaftFlow:
         with torch.inference_mode():
             for start in range(0, len(pairs), self.p.raft_batch_pairs):
                 batch = pairs[start:start + self.p.raft_batch_pairs]
-                first = tensor[batch].to(self.p.raft_device)
-                second = tensor[[k + 1 for k in batch]].to(self.p.raft_device)
+                first = tensor[batch].to(self.device)
+                second = tensor[[k + 1 for k in batch]].to(self.device)
                 predicted = self.model(first, second, num_flow_updates=self.p.raft_iters)[-1]
                 for flow in predicted.permute(0, 2, 3, 1).float().cpu().numpy():
                     # Back to the working size, so the diagonal normalisation is the DIS backend's.

@@ -33,12 +33,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.clip import Clip, sample_indices
+from pipeline.clip import Clip
+from pipeline.devices import onnx_providers
 from pipeline.errors import UserError
-from pipeline.stage import FrameRequest, Resources, Stage, StageParams
+from pipeline.stage import FrameRequest, ModelParams, Resources, Stage
 
 
-class OcrParams(StageParams):
+class OcrParams(ModelParams):
     backend: Literal["rapidocr", "paddleocr"] = "rapidocr"
     # Frames read: 1 per second (Open-Sora-Plan's OCR rate) with the long side bounded at 960 px (the detector's
     # fast setting from the dependency probe; larger frames are scaled down, smaller ones are not scaled up).
@@ -73,6 +74,7 @@ class OcrStage(Stage):
     # Half a logical CPU: with the scenes task (1 CPU) and the motion actor (0.5) the quickstart fits 2 cores; each
     # actor pool keeps at least one actor, so two 1-CPU actors there would leave the scenes stage no CPU at all.
     resources = Resources(cpus=0.5, batch_size=4)
+    actor = True
     columns: ClassVar[dict[str, pa.DataType]] = {
         "ocr_frames": pa.int32(),  # frames read
         "ocr_frame_times": pa.list_(pa.float64()),  # their times (s)
@@ -94,11 +96,10 @@ class OcrStage(Stage):
         "max_text_boxes": "more text boxes than max_text_boxes on the clip's frames (corner logos apart)",
         "max_text_area_ratio": "text covers more than max_text_area_ratio of a frame",
         "max_corner_boxes": "more small corner text boxes (logos, watermarks) than max_corner_boxes",
-        "too_few_frames": "the clip has no kept frame to read (only when a rule is set)",
     }
 
-    def __init__(self, params: OcrParams | None = None):
-        super().__init__(params)
+    def __init__(self, params: OcrParams | None = None, context=None):
+        super().__init__(params, context)
         self._backend = None
 
     def frame_request(self) -> FrameRequest:
@@ -121,24 +122,30 @@ class OcrStage(Stage):
                 raise UserError(f"ocr: model file not found: {path} (set ocr.det_model_path / ocr.rec_model_path, or "
                                 "reinstall rapidocr==3.10.0, whose wheel ships the PP-OCRv6 models)")
 
+    def can_use_gpu(self) -> bool:
+        return self.params.backend == "rapidocr"  # onnxruntime's CUDA provider; paddle picks its own device
+
     def setup(self) -> None:
-        self._backend = _PaddleBackend(self.params) if self.params.backend == "paddleocr" else _RapidBackend(self.params)
+        if self.params.backend == "paddleocr":
+            self._backend = _PaddleBackend(self.params)
+        else:
+            use_cuda = onnx_providers(self.params.device, self.name)[0] == "CUDAExecutionProvider"
+            self._backend = _RapidBackend(self.params, use_cuda)
 
     # -- processing ------------------------------------------------------------------------------------------------
     def process_clip(self, clip: Clip) -> None:
         if self._backend is None:
             self.setup()
         p = self.params
-        indices = sample_indices(clip.frame_times, p.fps) if clip.frames is not None else []
-        if not indices:
+        sample = self.frames(clip)
+        if not sample:
             self.set(clip, frames=0, frame_times=[])
             if any(v is not None for v in (p.max_text_boxes, p.max_text_area_ratio, p.max_corner_boxes)):
-                self.reject(clip, "too_few_frames", 0, 1)
+                self.reject(clip, "no_frames", 0, 1)
             return
         frame_boxes, frame_texts = [], []
         text_counts, corner_counts, area_ratios = [], [], []
-        for i in indices:
-            frame = clip.frames[i]
+        for frame in sample.images:
             height, width = frame.shape[:2]
             quads, _scores = self._backend.detect(frame)
             if len(quads):
@@ -156,8 +163,8 @@ class OcrStage(Stage):
         text_boxes = int(np.quantile(text_counts, q, method="higher"))
         area_ratio = float(np.quantile(area_ratios, q, method="higher"))
         values = dict(
-            frames=len(indices),
-            frame_times=[float(clip.frame_times[i]) for i in indices],
+            frames=len(sample),
+            frame_times=sample.times,
             frame_boxes=frame_boxes,
             frame_text_boxes=text_counts,
             frame_corner_boxes=corner_counts,
@@ -172,13 +179,9 @@ class OcrStage(Stage):
             values["frame_texts"] = frame_texts
             values["text"] = list(dict.fromkeys(t for texts in frame_texts for t in texts if t))
         self.set(clip, **values)
-        corner_max = values["corner_boxes_max"]
-        if p.max_text_boxes is not None and text_boxes > p.max_text_boxes:
-            self.reject(clip, "max_text_boxes", text_boxes, p.max_text_boxes)
-        elif p.max_text_area_ratio is not None and area_ratio > p.max_text_area_ratio:
-            self.reject(clip, "max_text_area_ratio", area_ratio, p.max_text_area_ratio)
-        elif p.max_corner_boxes is not None and corner_max > p.max_corner_boxes:
-            self.reject(clip, "max_corner_boxes", corner_max, p.max_corner_boxes)
+        (self.at_most(clip, "max_text_boxes", text_boxes, p.max_text_boxes)
+         and self.at_most(clip, "max_text_area_ratio", area_ratio, p.max_text_area_ratio)
+         and self.at_most(clip, "max_corner_boxes", values["corner_boxes_max"], p.max_corner_boxes))
 
     def _summarise(self, quads: np.ndarray, width: int, height: int) -> tuple[list[list[float]], int, int, float]:
         """Normalised boxes, text and corner counts, and the text area ratio of one frame."""
@@ -231,7 +234,7 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 class _RapidBackend:
     """rapidocr 3.10 with explicit model paths, so it never takes its download branch."""
 
-    def __init__(self, p: OcrParams):
+    def __init__(self, p: OcrParams, use_cuda: bool = False):
         from rapidocr import RapidOCR
 
         paths = _rapidocr_model_paths(p)
@@ -253,6 +256,8 @@ class _RapidBackend:
             params["Rec.model_path"] = paths["rec"]
         if p.threads:
             params["EngineConfig.onnxruntime.intra_op_num_threads"] = p.threads
+        if use_cuda:
+            params["EngineConfig.onnxruntime.use_cuda"] = True
         self.engine = RapidOCR(params=params)
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)
         self.min_text_score = p.min_text_score

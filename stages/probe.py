@@ -125,21 +125,9 @@ class ProbeStage(Stage):
 
     def _apply_rules(self, clip: Clip, f: dict) -> None:
         p = self.params
-        pixels = f["coded_width"] * f["coded_height"]
         short_side = min(f["width"], f["height"])
-        checks = [
-            ("max_pixels", pixels, p.max_pixels, pixels > p.max_pixels),
-            ("min_duration", f["duration_s"], p.min_duration_s,
-             p.min_duration_s is not None and f["duration_s"] < p.min_duration_s),
-            ("max_duration", f["duration_s"], p.max_duration_s,
-             p.max_duration_s is not None and f["duration_s"] > p.max_duration_s),
-            ("min_short_side", short_side, p.min_short_side,
-             p.min_short_side is not None and short_side < p.min_short_side),
-            ("min_fps", f["fps_avg"] or 0.0, p.min_fps,
-             p.min_fps is not None and (f["fps_avg"] or 0.0) < p.min_fps),
-        ]
-        for rule, value, threshold, failed in checks:
-            if failed:
-                self.reject(clip, rule, value, threshold)
-                return
-
+        (self.at_most(clip, "max_pixels", f["coded_width"] * f["coded_height"], p.max_pixels)
+         and self.at_least(clip, "min_duration", f["duration_s"], p.min_duration_s)
+         and self.at_most(clip, "max_duration", f["duration_s"], p.max_duration_s)
+         and self.at_least(clip, "min_short_side", short_side, p.min_short_side)
+         and self.at_least(clip, "min_fps", f["fps_avg"] or 0.0, p.min_fps))

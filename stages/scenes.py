@@ -44,6 +44,8 @@ class ScenesStage(Stage):
     name = "scenes"
     Params = ScenesParams
     resources = Resources(cpus=1.0, batch_size=1)
+    requires = ("probe",)  # probe's pixel guard must have run before anything decodes a whole video
+    provides_frames = True
     splits = True
     columns: ClassVar[dict[str, pa.DataType]] = {
         "scenes_scene_index": pa.int32(),  # which detected scene of the video this clip lies in
@@ -54,10 +56,19 @@ class ScenesStage(Stage):
     }
     rules: ClassVar[dict[str, str]] = {
         "min_clip_length": "clip (scene or window) shorter than min_clip_s",
-        "no_frames": "no frame could be decoded",
     }
     # How far behind the newest frame a detector may still report a cut (flash filter, adaptive window).
     CUT_LATENCY_S: ClassVar[float] = 2.0
+
+    def with_frame_requests(self, requests: list[FrameRequest]) -> ScenesParams:
+        """Keep the union (highest rate, largest size) of what later stages read, unless the recipe fixes it."""
+        p = self.params
+        update = {}
+        if p.keep_fps is None and requests:
+            update["keep_fps"] = max(r.fps for r in requests)
+        if p.keep_max_side is None and requests:
+            update["keep_max_side"] = max(r.max_side for r in requests)
+        return p.model_copy(update=update) if update else p
 
     def keep_request(self) -> FrameRequest | None:
         p = self.params

@@ -126,7 +126,7 @@ def test_batched_normalisation_equals_open_clips_transform(loaded):
     scorer = loaded._scorer
     assert scorer.pil_steps is not None and len(scorer.tensor_steps) == 1
     frames = make_clip("a", 3, height=101, width=173).frames
-    pixels = scorer.preprocess(frames, [0, 1, 2])
+    pixels = scorer.preprocess(list(frames))
     assert pixels.dtype == torch.uint8 and tuple(pixels.shape) == (3, 3, 64, 64)
     batched = scorer.tensor_steps[0](pixels.contiguous().float().div(255))
     per_frame = torch.stack([scorer.transform(Image.fromarray(f)) for f in frames])
@@ -170,7 +170,7 @@ def test_frames_are_thinned_to_the_stage_rate_and_capped():
     stage = AestheticStage(AestheticParams(fps=1.0, max_frames=3))
     clip = Clip(video_id="v", video_uri="/v.mp4", shard_id="s", frames=np.zeros((20, 8, 8, 3), np.uint8),
                 frame_times=times)
-    assert stage.frame_indices(clip) == [0, 8, 16]
+    assert stage.frames(clip, max_frames=3).indices == [0, 8, 16]
     assert stage.frame_request().fps == 1.0 and stage.frame_request().max_side == 448
 
 
@@ -184,7 +184,7 @@ def test_clip_without_frames_is_unscored_or_rejected_when_a_threshold_is_set(loa
     strict = AestheticStage(tiny_params(tiny, min_aesthetic=4.5))
     strict._scorer = loaded._scorer
     (out,) = strict.process([empty()])
-    assert (out.status, out.reject_rule) == ("rejected", "too_few_frames")
+    assert (out.status, out.reject_rule) == ("rejected", "no_frames")
 
 
 def test_a_bad_clip_fails_alone(loaded):
@@ -240,9 +240,12 @@ def test_a_wrong_head_file_is_a_clear_error(tiny, tmp_path):
         AestheticStage(tiny_params(tiny, head_weights=str(wrong))).setup()
 
 
-def test_gpu_share_is_declared_only_for_cuda():
+def test_gpu_share_is_taken_for_cuda_and_for_auto_on_gpu_clusters_only():
     assert AestheticStage.resources.gpus == 0
-    assert AestheticStage(AestheticParams(device="cuda")).resources.gpus == 0.25
-    assert AestheticStage(AestheticParams(device="auto")).resources.gpus == 0
+    assert AestheticStage(AestheticParams(device="cuda")).resources_for(0).gpus == 0.25
+    assert AestheticStage(AestheticParams(device="cuda", gpu_share=0.5)).resources_for(0).gpus == 0.5
+    assert AestheticStage(AestheticParams(device="auto")).resources_for(0).gpus == 0
+    assert AestheticStage(AestheticParams(device="auto")).resources_for(8).gpus == 0.25
+    assert AestheticStage(AestheticParams(device="cpu")).resources_for(8).gpus == 0
     with pytest.raises(ValueError):
         AestheticParams(device="tpu")

@@ -149,7 +149,7 @@ def test_rules_and_too_few_frames():
     none = motion(clip_of(frames[:1], times[:1]))
     assert none.status == "accepted" and none.columns["motion_pairs"] == 0
     empty = motion(Clip(video_id="v", video_uri="mem", shard_id="s"), max_flow=0.06)
-    assert empty.reject_rule == "too_few_frames"
+    assert (empty.reject_rule, empty.reject_value, empty.reject_threshold) == ("no_frames", 0, 1)
 
 
 def test_sampling_grid_matches_the_scenes_stage():
@@ -219,13 +219,15 @@ def test_raft_without_gpu_is_a_clear_error(monkeypatch):
     fake_torch = types.ModuleType("torch")
     fake_torch.cuda = types.SimpleNamespace(is_available=lambda: False)
     monkeypatch.setitem(sys.modules, "torch", fake_torch)
-    with pytest.raises(UserError, match="finds none here"):
-        MotionStage(MotionParams(backend="raft")).preflight()
+    with pytest.raises(UserError, match="sees no CUDA device"):
+        MotionStage(MotionParams(backend="raft", device="cuda")).preflight()
     assert MotionStage(MotionParams()).preflight() is None  # the CPU default needs nothing
     # The engine places a RAFT worker on a GPU (and refuses a cluster without one before any video is touched).
-    assert MotionStage(MotionParams(backend="raft", raft_gpus=0.5)).resources.gpus == 0.5
-    assert MotionStage(MotionParams(backend="raft", raft_device="cpu")).resources.gpus == 0
-    assert MotionStage(MotionParams()).resources.gpus == 0 and MotionStage.resources.gpus == 0
+    assert MotionStage(MotionParams(backend="raft", device="cuda", gpu_share=0.5)).resources_for(0).gpus == 0.5
+    assert MotionStage(MotionParams(backend="raft", device="cpu")).resources_for(8).gpus == 0
+    assert MotionStage(MotionParams(backend="raft")).resources_for(8).gpus == 0.25  # auto on a GPU cluster
+    # DIS runs on the CPU whatever the cluster has
+    assert MotionStage(MotionParams()).resources_for(8).gpus == 0 and MotionStage.resources.gpus == 0
 
 
 def test_raft_backend_runs_on_local_weights(tmp_path):
@@ -236,7 +238,7 @@ def test_raft_backend_runs_on_local_weights(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "raft_small_random.pth"
     torch.save(optical_flow.raft_small(weights=None).state_dict(), weights)
-    params = dict(backend="raft", raft_model="raft_small", raft_weights=str(weights), raft_device="cpu", raft_iters=2,
+    params = dict(backend="raft", raft_model="raft_small", raft_weights=str(weights), device="cpu", raft_iters=2,
                   raft_batch_pairs=2)
     MotionStage(MotionParams(**params)).preflight()
     with pytest.raises(UserError, match="weights file not found"):

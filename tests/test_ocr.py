@@ -118,7 +118,7 @@ def test_corner_watermark_is_counted_apart():
 def test_no_frames():
     bare = Clip(video_id="v", video_uri="mem", shard_id="s")
     out = ocr(bare, max_text_boxes=1)
-    assert (out.reject_rule, out.reject_value, out.reject_threshold) == ("too_few_frames", 0, 1)
+    assert (out.reject_rule, out.reject_value, out.reject_threshold) == ("no_frames", 0, 1)
     score_only = ocr(Clip(video_id="v", video_uri="mem", shard_id="s"))
     assert score_only.status == "accepted" and score_only.columns["ocr_frames"] == 0
 

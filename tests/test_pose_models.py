@@ -46,7 +46,7 @@ def models(tmp_path_factory):
 
 
 def stage_for(models, det="fixed", pose="pose", **params) -> PoseStage:
-    stage = PoseStage(PoseParams(det_model=str(models[det]), pose_model=str(models[pose]), provider="cpu",
+    stage = PoseStage(PoseParams(det_model=str(models[det]), pose_model=str(models[pose]), device="cpu",
                                  threads=1, **params))
     stage.setup()
     return stage
@@ -191,7 +191,7 @@ def test_corrupt_or_swapped_weights_and_a_missing_gpu_provider(no_models, models
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(UserError, match="onnxruntime-gpu"):
             PoseStage(PoseParams(det_model=str(models["fixed"]), pose_model=str(models["pose"]),
-                                 provider="cuda")).preflight()
+                                 device="cuda")).preflight()
 
 
 @pytest.mark.slow

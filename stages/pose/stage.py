@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline import models
-from pipeline.clip import Clip, sample_indices
+from pipeline.clip import Clip
+from pipeline.devices import onnx_providers
 from pipeline.errors import UserError
-from pipeline.stage import FrameRequest, Resources, Stage, StageParams
+from pipeline.stage import FrameRequest, ModelParams, Resources, Stage
 from stages.pose import ops
 from stages.pose.keyframes import pose_keyframes
 from stages.pose.motion_facts import describe_motion
@@ -36,15 +36,12 @@ log = logging.getLogger(__name__)
 WHOLEBODY = 133
 
 
-class PoseParams(StageParams):
+class PoseParams(ModelParams):
     # -- models ----------------------------------------------------------------------------------------------------
     det_model: str | None = None  # explicit path to the YOLOX ONNX; default: registry model dwpose-det
     pose_model: str | None = None  # explicit path to the DWPose ONNX; default: registry model dwpose-pose
-    # auto: CUDA when onnxruntime has it (onnxruntime-gpu), else CPU; cuda: fail at start-up without it
-    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    # device (ModelParams) auto: CUDA when onnxruntime has it (onnxruntime-gpu), else CPU; cuda: fail without it
     threads: int | None = None  # onnxruntime intra-op threads; None: OMP_NUM_THREADS (Ray sets it) or all cores
-    # GPUs (a fraction shares one) each pose worker reserves from Ray, for provider cuda/auto on GPU nodes
-    gpus: float = Field(0.0, ge=0)
     det_batch: int = Field(8, ge=1)  # frames per detector call (models with a dynamic batch axis; else 1)
     pose_batch: int = Field(32, ge=1)  # person crops per pose call
     det_channels: Literal["bgr", "rgb"] = "bgr"  # YOLOX was trained on OpenCV (BGR) images [DW][P]
@@ -103,7 +100,7 @@ class _Work:
     """One clip's state inside a batch."""
 
     clip: Clip
-    index: np.ndarray  # analysed frames: indices into clip.frames
+    index: np.ndarray | None = None  # analysed frames: indices into clip.frames
     persons: list[ops.FramePersons] | None = None
     counts: list[int] | None = None
 
@@ -112,6 +109,7 @@ class PoseStage(Stage):
     name = "pose"
     Params = PoseParams
     resources = Resources(cpus=1.0, batch_size=2)
+    actor = True
     columns: ClassVar[dict[str, pa.DataType]] = {
         "pose_frame_times": pa.list_(pa.float64()),  # the analysed frames (s); per-frame lists align with it
         "pose_persons_per_frame": pa.list_(pa.int32()),
@@ -136,7 +134,6 @@ class PoseStage(Stage):
         "pose_motion_events": pa.list_(MOTION_EVENT),
     }
     rules: ClassVar[dict[str, str]] = {
-        "no_frames": "no frame was kept for the clip",
         "min_persons": "fewer than min_persons persons on more than 1 - frame_share of the frames",
         "min_person_area": "largest person's box below min_person_area of the frame on too many frames",
         "max_persons": "more than max_persons persons on more than 1 - frame_share of the frames",
@@ -146,84 +143,58 @@ class PoseStage(Stage):
         "max_motion": "affine-compensated movement above max_motion",
     }
 
-    def __init__(self, params: PoseParams | None = None):
-        super().__init__(params)
+    def __init__(self, params: PoseParams | None = None, context=None):
+        super().__init__(params, context)
         self.detector: _Detector | None = None
         self.pose: _PoseModel | None = None
-        if self.params.gpus:
-            self.resources = type(self).resources.model_copy(update={"gpus": self.params.gpus})
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def frame_request(self) -> FrameRequest:
         return FrameRequest(self.params.fps, self.params.max_side)
 
     def _paths(self):
-        return models.resolve("dwpose-det", self.params.det_model), models.resolve("dwpose-pose", self.params.pose_model)
+        return self.model_path("dwpose-det", self.params.det_model), self.model_path("dwpose-pose", self.params.pose_model)
 
     def preflight(self) -> None:
         det, pose = self._paths()
-        providers(self.params.provider)
+        onnx_providers(self.params.device, self.name)
         _Detector(det, ["CPUExecutionProvider"], 1)  # a wrong or corrupt file is a start-up error, not a Ray crash
         _PoseModel(pose, ["CPUExecutionProvider"], 1, self.params.simcc_split_ratio)
 
     def setup(self) -> None:
         det, pose = self._paths()
-        chosen = providers(self.params.provider)
+        chosen = onnx_providers(self.params.device, self.name)
         threads = self.params.threads
         if threads is None:
             threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
         self.detector = _Detector(det, chosen, threads)
         self.pose = _PoseModel(pose, chosen, threads, self.params.simcc_split_ratio)
         used = self.detector.session.get_providers()[0]
-        if self.params.provider == "cuda" and used != "CUDAExecutionProvider":
+        if self.params.device == "cuda" and used != "CUDAExecutionProvider":
             # onnxruntime falls back to the CPU when CUDA cannot start (no device visible to this worker)
-            raise UserError(f"pose.provider is cuda but onnxruntime runs the models on {used}: no GPU is visible "
-                            "to this worker (set pose.gpus so that Ray reserves one)")
+            raise UserError(f"pose.device is cuda but onnxruntime runs the models on {used}: no GPU is visible "
+                            "to this worker")
         log.info("pose: %s and %s on %s", det.name, pose.name, used)
 
     # -- processing ------------------------------------------------------------------------------------------------
     def process(self, clips: list[Clip]) -> list[Clip]:
         if self.detector is None:
             self.setup()
-        work = []
-        for clip in clips:
-            if not clip.alive:
-                continue
-            if clip.frames is None or len(clip.frames) == 0:
-                self.reject(clip, "no_frames", 0, 1)
-                continue
-            work.append(_Work(clip, np.asarray(sample_indices(clip.frame_times, self.params.fps), np.int64)))
-        self._isolated(work, self._detect)
-        passed = []
-        for w in work:
-            if w.clip.alive and self._guard(w, self._detection_rules):
-                passed.append(w)
-        self._isolated(passed, self._estimate)
-        for w in passed:
-            if w.clip.alive:
-                self._guard(w, self._pose_measures)
+        work = [_Work(clip) for clip in clips if clip.alive]
+        of = lambda w: w.clip  # noqa: E731
+        # batched steps over every clip of the Ray batch; per-clip rules and measures one clip at a time
+        self.isolate(work, lambda ws: [self._sample(w) for w in ws], clip_of=of)
+        self.isolate(work, self._detect, clip_of=of)
+        self.isolate(work, lambda ws: [self._detection_rules(w) for w in ws], clip_of=of)
+        self.isolate(work, self._estimate, clip_of=of)
+        self.isolate(work, lambda ws: [self._pose_measures(w) for w in ws], clip_of=of)
         return clips
 
-    def _guard(self, w: _Work, fn) -> bool:
-        try:
-            return bool(fn(w))
-        except Exception as exc:  # one clip's failure is its own error row
-            w.clip.fail(self.name, exc)
-            return False
-
-    def _isolated(self, work: list[_Work], fn) -> None:
-        """Run a batched step over all clips; if it raises, again clip by clip so only the bad clip errors."""
-        live = [w for w in work if w.clip.alive]
-        if not live:
-            return
-        try:
-            fn(live)
-        except Exception:
-            for w in live:
-                try:
-                    fn([w])
-                except Exception as exc:
-                    w.clip.fail(self.name, exc)
+    def _sample(self, w: _Work) -> None:
+        sample = self.frames(w.clip)
+        if not sample:
+            self.reject(w.clip, "no_frames", 0, 1)
+        w.index = np.asarray(sample.indices, np.int64)
 
     # -- detection -------------------------------------------------------------------------------------------------
     def _detect(self, work: list[_Work]) -> None:
@@ -264,26 +235,12 @@ class PoseStage(Stage):
             tracks=int(max((fp.tracks.max() + 1 for fp in w.persons if len(fp)), default=0)),
             main_coverage=float(np.mean([0 in fp.tracks for fp in w.persons])),
         )
-        checks = [
-            ("min_persons", p.min_persons, lambda: ops.value_on_share(counts, p.frame_share, high=True),
-             lambda v, t: v < t),
-            ("min_person_area", p.min_person_area, lambda: ops.value_on_share(largest, p.frame_share, high=True),
-             lambda v, t: v < t),
-            ("max_persons", p.max_persons, lambda: ops.value_on_share(counts, p.frame_share, high=False),
-             lambda v, t: v > t),
-            ("single_person_ratio", p.min_single_person_ratio, lambda: single, lambda v, t: v <= t),
-        ]
-        return self._apply(clip, checks)
-
-    def _apply(self, clip: Clip, checks) -> bool:
-        for rule, threshold, value, fails in checks:
-            if threshold is None:
-                continue
-            v = value()
-            if fails(v, threshold):
-                self.reject(clip, rule, v, threshold)
-                return False
-        return True
+        return (self.at_least(clip, "min_persons", ops.value_on_share(counts, p.frame_share, high=True), p.min_persons)
+                and self.at_least(clip, "min_person_area", ops.value_on_share(largest, p.frame_share, high=True),
+                                  p.min_person_area)
+                and self.at_most(clip, "max_persons", ops.value_on_share(counts, p.frame_share, high=False),
+                                 p.max_persons)
+                and self.at_least(clip, "single_person_ratio", single, p.min_single_person_ratio, strict=True))
 
     # -- pose ------------------------------------------------------------------------------------------------------
     def _estimate(self, work: list[_Work]) -> None:
@@ -335,12 +292,9 @@ class PoseStage(Stage):
                                             ops.cumulative_affines(affines) if affines else None, thr)
             values.update(motion_facts=facts, motion_events=events)
         self.set(clip, **values)
-        checks = [
-            ("min_visible_keypoints", p.min_visible_keypoints, lambda: values["visible_keypoints"], lambda v, t: v < t),
-            ("min_motion", p.min_motion, lambda: motion, lambda v, t: v < t),
-            ("max_motion", p.max_motion, lambda: motion, lambda v, t: v > t),
-        ]
-        return self._apply(clip, checks)
+        return (self.at_least(clip, "min_visible_keypoints", values["visible_keypoints"], p.min_visible_keypoints)
+                and self.at_least(clip, "min_motion", motion, p.min_motion)
+                and self.at_most(clip, "max_motion", motion, p.max_motion))
 
     def _record(self, w: _Work, t: int, width: int, height: int) -> dict:
         p = self.params
@@ -364,20 +318,6 @@ class PoseStage(Stage):
 
 # -- frames ----------------------------------------------------------------------------------------------------------
 # -- onnxruntime models ----------------------------------------------------------------------------------------------
-def providers(choice: str) -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if choice == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if choice == "cuda":
-        raise UserError("pose.provider is cuda but onnxruntime has no CUDAExecutionProvider here (available: "
-                        f"{', '.join(available)}); install onnxruntime-gpu or set pose.provider=auto")
-    return ["CPUExecutionProvider"]
-
-
 class _Model:
     role: ClassVar[str]
 
