@@ -12,9 +12,9 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.errors import UserError
+from pipeline.resources import available_recipes, recipe_path  # available_recipes: importable from here too
 from pipeline.stage import RunContext, Stage, StageParams
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 TOP_LEVEL_KEYS = {"name", "description", "stages"}
 
 
@@ -56,18 +56,15 @@ class Recipe:
         return next((s.name for s in self.stages if s.cls.splits), None)
 
 
-def available_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-
-
 def resolve_recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    packaged = RECIPES_DIR / f"{name_or_path}.yaml"
-    if packaged.is_file():
-        return packaged
-    raise UserError(f"recipe not found: {name_or_path} (a YAML path, or one of: {', '.join(available_recipes())})")
+    try:
+        return recipe_path(name_or_path)
+    except FileNotFoundError:
+        raise UserError(f"recipe not found: {name_or_path} (a YAML path, or one of: {', '.join(available_recipes())})"
+                        ) from None
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

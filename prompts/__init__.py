@@ -1,0 +1,1 @@
+"""Package data (installed as pipeline.prompts): read it through pipeline/resources.py."""

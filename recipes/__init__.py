@@ -1,0 +1,1 @@
+"""Package data (installed as pipeline.recipes): read it through pipeline/resources.py."""
