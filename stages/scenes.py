@@ -98,9 +98,9 @@ class _Timeline:
     A timestamp is trusted while it increases. A frame without one starts where the previous frame ends. A timestamp
     that does not increase means the stream carries no presentation times (AVI stores none: the demuxer guesses them
     from decode order, so frames with B-frames come out 1, 2, 4, 5, 3, ...); from then on each frame starts where
-    the previous one ends (frame index and rate), since patching single frames would drift by a frame at every
-    reordered one. The frames not yet in an emitted clip are re-timed on that clock as well, from the stream's start
-    where none was emitted yet.
+    the previous one ends (its stated duration, else the nominal rate), since patching single frames would drift by
+    a frame at every reordered one. The frames not yet in an emitted clip are re-timed on that clock as well, from
+    the stream's start where none was emitted yet.
     """
 
     def __init__(self, step: float, origin_s: float | None, end_s: float | None):
@@ -162,6 +162,7 @@ class _VideoSplitter:
         self.next_index = 0
         self.kept: list[tuple[int, np.ndarray]] = []  # (frame index, image) of kept frames not yet emitted
         self.timeline: _Timeline | None = None
+        self.keep_grid: FrameGrid | None = None
         self.next_frame = 0  # the first frame of the next clip
         self.emitted_until_s = clip.start_s  # where the last emitted clip ended
         self.scene_start_frame = 0
@@ -174,13 +175,14 @@ class _VideoSplitter:
             yield self._failed_rest(exc)
 
     def _failed_rest(self, exc: Exception) -> Clip:
-        timeline, decoded = self.timeline, len(self.timeline or ())
+        timeline = self.timeline
+        decoded = len(timeline) if timeline is not None else 0
         start = timeline.starts[self.next_frame] if self.next_frame < decoded else self.emitted_until_s
-        stream_end = timeline.end_s if timeline and timeline.end_s is not None else self.source.end_s
+        stream_end = timeline.end_s if timeline is not None and timeline.end_s is not None else self.source.end_s
         rest = self._new_clip(start, stream_end if stream_end and stream_end > start else None)
-        # The frames decoded but not emitted are this row's, so every decoded frame is accounted for.
-        self.stage.set(rest, scene_index=self.scene_index, start_frame=self.next_frame, end_frame=decoded,
-                       frame_count=decoded - self.next_frame, kept_frame_times=[])
+        if timeline is not None:  # the frames decoded but not emitted are this row's: every decoded frame has a row
+            self.stage.set(rest, scene_index=self.scene_index, start_frame=self.next_frame, end_frame=decoded,
+                           frame_count=decoded - self.next_frame, kept_frame_times=[])
         rest.fail(self.stage.name, exc)
         return rest
 

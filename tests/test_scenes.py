@@ -239,3 +239,23 @@ def test_fast_detector_scores_equal_the_stock_detectors(shared_videos, detector)
             ours_scores.append(ours._frame_score)
             stock_scores.append(stock._frame_score)
     assert ours_scores == stock_scores and max(stock_scores) > 27
+
+
+def test_failure_mid_video_keeps_emitted_clips_and_the_rest_is_one_error_row(tmp_path, monkeypatch):
+    from stages import scenes
+
+    path = media.make_video(tmp_path / "a.mp4", segments=(30, 30, 30))
+    convert = scenes.FrameConverter.detection_image
+    calls = []
+
+    def failing(self, frame, width, height):
+        calls.append(1)
+        if len(calls) > 50:
+            raise ValueError("decoder exploded")
+        return convert(self, frame, width, height)
+
+    monkeypatch.setattr(scenes.FrameConverter, "detection_image", failing)
+    done, rest = split(path, keep_fps=2.0)
+    assert done.status == "accepted" and (done.start_s, done.end_s) == (0.0, 1.0)
+    assert (rest.status, rest.error_type, rest.start_s, rest.end_s) == ("error", "ValueError", 1.0, 3.0)
+    assert (rest.columns["scenes_start_frame"], rest.columns["scenes_end_frame"]) == (30, 51) and rest.frames is None
