@@ -1,13 +1,22 @@
-"""The scenes stage without Ray: cuts, windows, sampled frames, bounded memory."""
+"""The scenes stage without Ray: cuts, windows, sampled frames, bounded memory, frame timing."""
 
 import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import av
+import media
 import numpy as np
 import pytest
 
 from pipeline.clip import Clip
 from stages.probe import ProbeStage
 from stages.scenes import ScenesParams, ScenesStage
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def split(uri: str, **params) -> list[Clip]:
@@ -86,4 +95,167 @@ def test_pixel_distance_equals_pyscenedetects_numpy_version():
     reference = np.sum(np.abs(a.astype(np.int32) - b.astype(np.int32))) / float(a.size)
     from scenedetect.detectors import content_detector
 
-    assert content_detector._mean_pixel_distance(a, b) == reference
+    from stages.scenes import _mean_pixel_distance
+
+    assert _mean_pixel_distance(a, b) == reference == content_detector._mean_pixel_distance(a, b)
+
+
+# -- regressions ---------------------------------------------------------------------------------------------------
+
+
+def decoded_times(path) -> list[float | None]:
+    with av.open(str(path)) as container:
+        return [f.time for f in container.decode(video=0)]
+
+
+def stream_end(path) -> float:
+    with av.open(str(path)) as container:
+        s = container.streams.video[0]
+        return float((s.start_time + s.duration) * s.time_base)
+
+
+def assert_tiles(clips: list[Clip], decoded: int) -> None:
+    """Consecutive clips own consecutive runs of decoded frames, every frame exactly once, in time order."""
+    columns = [c.columns for c in clips]
+    assert columns[0]["scenes_start_frame"] == 0 and columns[-1]["scenes_end_frame"] == decoded
+    assert all(a["scenes_end_frame"] == b["scenes_start_frame"] for a, b in zip(columns, columns[1:]))
+    assert all(c["scenes_frame_count"] == c["scenes_end_frame"] - c["scenes_start_frame"] > 0 for c in columns)
+    assert sum(c["scenes_frame_count"] for c in columns) == decoded
+    assert all(a.end_s == b.start_s for a, b in zip(clips, clips[1:]))
+    assert all(c.start_s < c.end_s for c in clips)
+    for clip in clips:
+        assert all(clip.start_s <= t < clip.end_s for t in clip.frame_times)
+        assert all(a < b for a, b in zip(clip.frame_times, clip.frame_times[1:]))
+
+
+@pytest.mark.parametrize("segments", [(103,), (90, 90, 90)])
+def test_avi_with_b_frames_keeps_frames_in_presentation_order(tmp_path, segments):
+    """AVI stores no presentation times: with B-frames PyAV hands frames over in presentation order carrying
+    decode-order guesses (1, 2, 4, 5, 3, ...). Clips used to end frames early (266 of 270) and past the stream."""
+    path = media.make_video(tmp_path / "b.avi", segments=segments, codec="libx264")
+    times = decoded_times(path)
+    total = sum(segments)
+    assert len(times) == total and times != sorted(times)  # the defect's precondition
+    clips = split(path, keep_fps=2.0, max_clip_s=2.5)
+    assert_tiles(clips, total)
+    cuts = {c.columns["scenes_start_frame"] for c in clips}
+    assert set(media.cut_frames(segments)) <= cuts
+    # Times on the frame clock from the stream's start: frame i starts at i / 30, the last ends at the stream's end.
+    assert all(c.start_s == pytest.approx(c.columns["scenes_start_frame"] / 30) for c in clips)
+    assert clips[0].start_s == 0 and clips[-1].end_s == pytest.approx(total / 30) == stream_end(path)
+    kept = [t for c in clips for t in c.frame_times]
+    assert kept == pytest.approx([i * 0.5 for i in range(len(kept))]) and len(kept) == math.ceil(total / 15)
+
+
+@pytest.mark.parametrize("name, decoded", [("opencv_tree_no_people.avi", 68), ("opencv_vtest_pedestrians.avi", 795)])
+def test_real_avis_tile_their_decoded_frames(shared_videos, name, decoded):
+    """tree.avi decodes 68 of its 444 chunks (empty ones repeat a frame): each frame shows until the next one, the
+    last for its one tick, so the video ends at 29.6 s (it ended at 29.97 s from the mean frame interval)."""
+    path = shared_videos / name
+    times = decoded_times(path)
+    assert len(times) == decoded
+    for params in ({}, {"max_clip_s": 3.0, "keep_fps": 2.0}):
+        clips = split(path, **params)
+        assert_tiles(clips, decoded)
+        assert all(c.start_s == times[c.columns["scenes_start_frame"]] for c in clips)
+        assert clips[-1].end_s == pytest.approx(stream_end(path), abs=1e-6)
+        assert all(c.end_s - c.start_s <= 3.0 + 1e-6 for c in clips) or not params
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".mkv"])
+def test_variable_frame_rate_last_clip_ends_with_the_stream(tmp_path, ext):
+    """The last clip ended one mean frame interval after its last frame (10.025 s on a 10.009 s stream)."""
+    path = media.make_vfr_video(tmp_path / f"vfr{ext}", frame_times=media.default_vfr_times(0, 10.0))
+    clips = split(path)
+    assert_tiles(clips, len(decoded_times(path)))
+    duration = clips[0].columns["probe_duration_s"]
+    assert clips[-1].end_s == pytest.approx(duration, abs=1e-6)
+    assert all(c.end_s <= duration + 1e-9 for c in clips)
+
+
+def test_first_frame_time_starts_the_first_clip(tmp_path):
+    """A stream whose first frame is at 1.5 s: clips start there, not at 0, and end with the stream, whose stated
+    end (start + duration) falls inside the last frame's duration."""
+    times = [t + 1.5 for t in media.default_vfr_times(0, 3.0)]
+    path = media.make_vfr_video(tmp_path / "late.mp4", frame_times=times, segments_at=(2.5, 3.5))
+    decoded = decoded_times(path)
+    assert decoded[0] == pytest.approx(1.5)
+    clips = split(path, keep_fps=4.0)
+    assert_tiles(clips, len(decoded))
+    assert clips[0].start_s == decoded[0] and clips[0].frame_times[0] == decoded[0]
+    assert [c.start_s for c in clips] == [decoded[c.columns["scenes_start_frame"]] for c in clips]
+    assert decoded[-1] < clips[-1].end_s == pytest.approx(stream_end(path))
+
+
+def test_mpeg_ts_starts_at_its_first_frame(tmp_path):
+    path = media.make_video(tmp_path / "a.ts", segments=(30, 30))
+    decoded = decoded_times(path)
+    assert decoded[0] > 0
+    clips = split(path)
+    assert_tiles(clips, 60)
+    assert [c.start_s for c in clips] == [decoded[0], decoded[30]]
+
+
+def test_missing_timestamps_come_from_frame_durations(tmp_path):
+    """A raw H.264 stream has no pts at all (and a container rate of 25 for a 30 fps stream): frames follow each
+    other by their stated duration."""
+    path = media.make_video(tmp_path / "a.h264", segments=(30, 30))
+    assert decoded_times(path) == [None] * 60
+    clips = split(path, keep_fps=3.0)
+    assert_tiles(clips, 60)
+    assert [t for c in clips for t in (c.start_s, c.end_s)] == pytest.approx([0.0, 1.0, 1.0, 2.0])
+
+
+def test_importing_the_stage_leaves_pyscenedetect_alone(shared_videos):
+    """The fast score lives in detector subclasses; the library's module function stays the stock one, checked in a
+    fresh interpreter (here other tests may have imported the stage first)."""
+    check = (
+        "from scenedetect.detectors import content_detector as m; stock = m._mean_pixel_distance; "
+        "import stages.scenes; assert m._mean_pixel_distance is stock, m._mean_pixel_distance; "
+        "assert stock.__module__ == 'scenedetect.detectors.content_detector'"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", check], check=True, cwd=REPO, env=env)
+
+
+@pytest.mark.parametrize("detector", ["content", "adaptive"])
+def test_fast_detector_scores_equal_the_stock_detectors(shared_videos, detector):
+    from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
+
+    from stages.scenes import FrameConverter
+
+    ours = ScenesStage(ScenesParams(detector=detector))._detector()
+    stock = AdaptiveDetector() if detector == "adaptive" else ContentDetector()
+    assert type(ours) is not type(stock) and isinstance(ours, type(stock))
+    converter = FrameConverter()
+    ours_scores, stock_scores = [], []
+    with av.open(str(shared_videos / "pyscenedetect_testvideo.mp4")) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index == 240:  # the first cut (30) and the fade through black (~180)
+                break
+            image = converter.detection_image(frame, 256, 144)
+            timecode = FrameTimecode(index, 29.97)
+            assert ours.process_frame(timecode, image) == stock.process_frame(timecode, image)
+            ours_scores.append(ours._frame_score)
+            stock_scores.append(stock._frame_score)
+    assert ours_scores == stock_scores and max(stock_scores) > 27
+
+
+def test_failure_mid_video_keeps_emitted_clips_and_the_rest_is_one_error_row(tmp_path, monkeypatch):
+    from stages import scenes
+
+    path = media.make_video(tmp_path / "a.mp4", segments=(30, 30, 30))
+    convert = scenes.FrameConverter.detection_image
+    calls = []
+
+    def failing(self, frame, width, height):
+        calls.append(1)
+        if len(calls) > 50:
+            raise ValueError("decoder exploded")
+        return convert(self, frame, width, height)
+
+    monkeypatch.setattr(scenes.FrameConverter, "detection_image", failing)
+    done, rest = split(path, keep_fps=2.0)
+    assert done.status == "accepted" and (done.start_s, done.end_s) == (0.0, 1.0)
+    assert (rest.status, rest.error_type, rest.start_s, rest.end_s) == ("error", "ValueError", 1.0, 3.0)
+    assert (rest.columns["scenes_start_frame"], rest.columns["scenes_end_frame"]) == (30, 51) and rest.frames is None
