@@ -139,8 +139,15 @@ class StageRunner:
                     yield clip
 
     def _report(self, rows_in: int, rows_out: int) -> None:
-        if self.progress is not None and (rows_in or rows_out):
-            self.progress.add.remote(self.stage.name, rows_in, rows_out)
+        """Clips in and out, as they happen; waited for, so the counts are complete when the run's rows are."""
+        if self.progress is None or not (rows_in or rows_out):
+            return
+        import ray
+
+        try:
+            ray.get(self.progress.add.remote(self.stage.name, rows_in, rows_out), timeout=10)
+        except Exception:  # progress is best effort; never fail a stage over it
+            pass
 
 
 def run_stage_batch(batch: pa.Table, **runner_args) -> Iterator[pa.Table]:

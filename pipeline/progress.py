@@ -44,6 +44,7 @@ class RunProgress:
         self.interactive = self.console.is_terminal if interactive is None else interactive
         self.videos_done = 0
         self.shards_done = 0
+        self.counts: dict[str, list[int]] = {}  # stage -> [clips in, clips out], final after the run
         self.log_every_s = log_every_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -71,11 +72,11 @@ class RunProgress:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
-        self._refresh()
+        self.counts = self._refresh()
         if self._progress:
             self._progress.stop()
         else:
-            self._log_line()
+            self._log_line(self.counts)
 
     def videos_committed(self, n: int) -> None:
         self.videos_done += n
@@ -103,8 +104,8 @@ class RunProgress:
                                       rate=f"out {rows_out}  {rows_in / elapsed:.1f}/s")
         return counts
 
-    def _log_line(self) -> None:
-        counts = self._snapshot()
+    def _log_line(self, counts: dict[str, list[int]] | None = None) -> None:
+        counts = self._snapshot() if counts is None else counts
         stages = "  ".join(f"{n} {counts.get(n, [0, 0])[0]}>{counts.get(n, [0, 0])[1]}" for n in self.stage_names)
         elapsed = time.monotonic() - self._started
         print(f"[actcurate] {elapsed:7.1f}s  videos committed {self.videos_done}/{self.total_videos}  "

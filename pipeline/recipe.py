@@ -120,12 +120,12 @@ def build_recipe(doc: dict, source: str = "<dict>", overrides: list[str] | tuple
             )
             known = ", ".join(cls.Params.model_fields)
             raise UserError(f"recipe {source}: {problems} (parameters of {name}: {known})") from None
-    _check_requirements(specs, source)
+    check_requirements(specs, source)
     _fill_frame_requests(specs)
     return Recipe(doc.get("name") or Path(source).stem, doc.get("description") or "", specs, source)
 
 
-def _check_requirements(specs: list[StageSpec], source: str) -> None:
+def check_requirements(specs: list[StageSpec], source: str) -> None:
     """Every stage's declared needs come from an earlier stage: a stage by name, or a column an earlier stage
     declares; stages that read frames come after a stage that provides them. One line says what is missing."""
     for k, spec in enumerate(specs):

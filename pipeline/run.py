@@ -48,6 +48,7 @@ class RunResult:
     shards_pending: list[str] = field(default_factory=list)
     videos_processed: int = 0
     seconds: float = 0.0
+    stage_counts: dict[str, list[int]] = field(default_factory=dict)  # stage -> [clips in, out], as progress showed
 
 
 def package_versions() -> dict[str, str]:
@@ -106,10 +107,11 @@ def _redo_targets(store: Store, plan: Plan, committed: dict[str, dict]):
 def run(opts: RunOptions) -> RunResult:
     started = time.monotonic()
     recipe = opts.recipe
-    context = RunContext(models_dir=str(Path(opts.models_dir).expanduser().resolve()) if opts.models_dir else None)
+    store = Store(opts.output)
+    context = RunContext(models_dir=str(Path(opts.models_dir).expanduser().resolve()) if opts.models_dir else None,
+                         output=store.root)
     for spec in recipe.stages:
         spec.build(context).preflight()  # missing models, unreachable endpoints: fail before any video is touched
-    store = Store(opts.output)
     plan, created = load_or_create_plan(store, opts.input, opts.shard_size)
     if not created:
         check_writable(store)
@@ -144,6 +146,7 @@ def run(opts: RunOptions) -> RunResult:
         for row in dataset.iter_rows():
             collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
     _kill_quietly(actor)
+    result.stage_counts = progress.counts
     result.shards_committed_now = collector.committed
     result.shards_pending = collector.pending
     result.videos_processed = len(todo)

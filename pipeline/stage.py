@@ -63,6 +63,7 @@ class RunContext:
     """Run-level settings a stage may need, handed to it by the engine (never through environment variables)."""
 
     models_dir: str | None = None  # --models-dir: searched after a recipe's explicit path, before the cache
+    output: str | None = None  # the run's OUT (local path or s3:// URI), for stages that keep records under it
 
 
 @dataclass
@@ -161,12 +162,14 @@ class Stage:
         if type(self).process is Stage.process:
             return self._each(clips)
         started = time.perf_counter()
+        dead = {id(c) for c in clips if not c.alive}  # pass through uncharged
         outputs: list[Clip] = []
         self.isolate(clips, lambda group: outputs.extend(self.process(group)))
         emitted = {id(c) for c in outputs}
-        # rows process() never saw (already dead) or that failed on their own still leave the stage
-        outputs += [c for c in clips if id(c) not in emitted]
-        self._charge_all([c for c in outputs if self.name not in c.timings], started)
+        # rows process() never saw (already dead) or that failed on their own still leave the stage; a live clip
+        # a non-splitting process() did not hand back is left to the engine, which records the loss
+        outputs += [c for c in clips if id(c) not in emitted and (not c.alive or id(c) in dead)]
+        self._charge_all([c for c in outputs if id(c) not in dead and self.name not in c.timings], started)
         return iter(outputs)
 
     def isolate(self, items: list[T], step: Callable[[list[T]], Any],
