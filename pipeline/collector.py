@@ -13,6 +13,9 @@ from pipeline.commits import commit_shard
 from pipeline.plan import PlannedVideo
 from pipeline.storage import Store
 
+# error_stage of a video whose worker process died under it: no stage reported, so none can be named
+LOST_STAGE = "worker"
+
 
 @dataclass
 class _VideoParts:
@@ -79,3 +82,22 @@ class ShardCollector:
     @property
     def pending(self) -> list[str]:
         return sorted(self.videos)
+
+    def missing_videos(self) -> list[PlannedVideo]:
+        """Videos of pending shards whose rows have not all arrived (a worker died with them)."""
+        missing = []
+        for shard_id in sorted(self.videos):
+            got = self.videos[shard_id]
+            missing += [v for v in self.expected[shard_id] if not (v.video_id in got and got[v.video_id].complete)]
+        return missing
+
+    def record_lost(self, video: PlannedVideo, error: Exception) -> None:
+        """One error row for a video whose rows never came back, replacing any part that did; it may commit."""
+        clip = Clip(video_id=video.video_id, video_uri=video.uri, shard_id=video.shard_id)
+        clip.fail(LOST_STAGE, error)
+        self.forget(video)
+        self.add(video.shard_id, video.video_id, 0, True, [clip])
+
+    def forget(self, video: PlannedVideo) -> None:
+        """Drop what arrived of a video, before it is run again whole."""
+        self.videos[video.shard_id].pop(video.video_id, None)

@@ -189,7 +189,10 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: str | None = None,
-                  context: RunContext | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+                  context: RunContext | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                  one_video_per_call: bool = False):
+    """The lazy Ray dataset of the recipe over `videos`. With `one_video_per_call` every stage gets one row per
+    call, so a worker that dies takes only that video with it (the retry of videos a crash lost)."""
     import ray
     import ray.data
 
@@ -209,7 +212,10 @@ def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: st
     for index, spec in enumerate(recipe.stages):
         runner_args = dict(stage_cls=spec.cls, params=spec.params.model_dump(), strip_frames=index >= last_frame_reader,
                            chunk_bytes=chunk_bytes, progress_actor=progress_actor, context=context)
-        ds = _add_stage(ds, spec, planned[spec.name], runner_args)
+        res = planned[spec.name]
+        if one_video_per_call:
+            res = res.model_copy(update={"batch_size": 1})
+        ds = _add_stage(ds, spec, res, runner_args)
     return ds
 
 

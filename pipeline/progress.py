@@ -78,6 +78,13 @@ class RunProgress:
         else:
             self._log_line(self.counts)
 
+    def note(self, message: str) -> None:
+        """A line for the user that the bars or log lines alone would not tell."""
+        if self._progress:
+            self._progress.console.print(message)
+        else:
+            print(f"[actcurate] {message}", file=sys.stderr, flush=True)
+
     def videos_committed(self, n: int) -> None:
         self.videos_done += n
         self.shards_done += 1

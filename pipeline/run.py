@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from importlib import metadata
 
 from manifests.io import read_manifest
@@ -133,8 +133,12 @@ def run(opts: RunOptions) -> RunResult:
     stage_columns = {c: t for spec in recipe.stages for c, t in spec.cls.columns.items()}
     schema = manifest_schema(recipe.stage_names(), stage_columns, recipe.split_stage)
     actor_name = f"actcurate-progress-{uuid.uuid4().hex[:8]}"
-    # lazy; checks the cluster's resources
-    dataset = build_dataset(recipe, todo, progress_actor=actor_name, context=context, chunk_bytes=opts.chunk_bytes)
+
+    def dataset_of(videos: list[PlannedVideo], one_video_per_call: bool = False):
+        return build_dataset(recipe, videos, progress_actor=actor_name, context=context,
+                             chunk_bytes=opts.chunk_bytes, one_video_per_call=one_video_per_call)
+
+    dataset = dataset_of(todo)  # lazy; checks the cluster's resources before the progress actor starts
     actor = start_progress_actor(namespace(), actor_name)
     collector = ShardCollector(store, schema, recipe.hash, expected, {v.video_id: v.order for v in plan.videos},
                                kept_rows=kept)
@@ -145,6 +149,7 @@ def run(opts: RunOptions) -> RunResult:
         collector.on_commit = lambda shard_id, record: progress.videos_committed(len(expected[shard_id]))
         for row in dataset.iter_rows():
             collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
+        _retry_lost_videos(collector, dataset_of, progress)
     _kill_quietly(actor)
     result.stage_counts = progress.counts
     result.shards_committed_now = collector.committed
@@ -152,6 +157,24 @@ def run(opts: RunOptions) -> RunResult:
     result.videos_processed = len(todo)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _retry_lost_videos(collector: ShardCollector, dataset_of, progress: RunProgress) -> None:
+    """A worker that dies (a segfaulting decoder, a killed node) takes its whole batch with it: those videos are
+    run again one per call, so only the video that kills a worker again is lost, and it becomes an error row (its
+    shard commits; `--redo-errors` tries it again) instead of blocking its shard for ever."""
+    lost = collector.missing_videos()
+    if not lost:
+        return
+    progress.note(f"{len(lost)} video(s) lost with a worker that died; running them again one at a time")
+    for video in lost:
+        collector.forget(video)
+    for row in dataset_of(lost, one_video_per_call=True).iter_rows():
+        collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
+    for video in collector.missing_videos():
+        collector.record_lost(video, RuntimeError(
+            "a worker process died while processing this video, in its batch and again alone (a crash in a decoder "
+            "or model, or a lost node); retry it with --redo-errors"))
 
 
 def _kill_quietly(actor) -> None:

@@ -49,6 +49,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(many_videos, tmp_path):
     common = ["--recipe", "quickstart", "--input", many_videos, "--shard-size", "1", "--no-progress"]
     whole = actcurate("run", *common, "--output", tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
+    # Ray's actor-restart warning had a cause on every run (ray-project/ray#53727); no Ray internals reach the user
+    assert "object store" not in whole.stderr and "core_worker" not in whole.stderr, whole.stderr
 
     out = tmp_path / "killed"
     proc = subprocess.Popen([*ACTCURATE, "run", *map(str, common), "--output", str(out)],

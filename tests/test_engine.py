@@ -251,7 +251,7 @@ class _Crashes(Stage):
 
 
 @pytest.mark.slow
-def test_a_dead_pool_actor_leaves_its_shard_pending_and_the_next_run_completes_it(ray_local, tmp_path):
+def test_a_worker_that_dies_loses_only_its_own_video_which_becomes_an_error_row_to_redo(ray_local, tmp_path):
     import ray.cloudpickle
 
     from pipeline.recipe import Recipe
@@ -266,11 +266,34 @@ def test_a_dead_pool_actor_leaves_its_shard_pending_and_the_next_run_completes_i
              StageSpec("crashes", _Crashes, _CrashParams(marker=str(marker)))]
     recipe = Recipe("crash test", "", specs, "<test>")
     options = dict(recipe=recipe, output=str(tmp_path / "out"), progress=False)
+    # the three videos share one batch of the pool actor, which dies with all three: the two innocent videos are
+    # run again one at a time and kept; the one that kills its worker again becomes an error row
     first = run(RunOptions(input=str(tmp_path / "in"), shard_size=1, **options))
-    assert len(first.shards_pending) == 1 and len(first.shards_committed_now) == 2
+    assert first.shards_pending == [] and len(first.shards_committed_now) == 3
+    rows = {r["video_uri"].rsplit("/", 1)[1]: r for r in clip_rows(str(tmp_path / "out"))}
+    assert rows["a.mp4"]["status"] == rows["c.mp4"]["status"] == "accepted"
+    lost = rows["crash.mp4"]
+    assert (lost["status"], lost["error_stage"]) == ("error", "worker") and "died" in lost["error_message"]
     marker.unlink()
-    second = run(RunOptions(**options))
-    assert second.shards_pending == [] and second.shards_committed_now == first.shards_pending
+    second = run(RunOptions(redo_errors=True, **options))
+    assert second.shards_pending == [] and second.videos_processed == 1
+    assert all(r["status"] == "accepted" for r in clip_rows(str(tmp_path / "out")))
+
+
+@pytest.mark.slow
+def test_shared_clips_one_per_shard_every_row_named_unique_and_counted_alike(ray_local, shared_videos, tmp_path):
+    """The issue's own check on real footage (films, AVIs, long HD): quickstart recipe, one video per shard."""
+    result = run(RunOptions(recipe=load_recipe("quickstart"), input=str(shared_videos), output=str(tmp_path / "out"),
+                            shard_size=1, progress=False))
+    assert result.shards_pending == [] and result.shards_total == 10
     rows = clip_rows(str(tmp_path / "out"))
-    assert sorted(r["video_uri"].rsplit("/", 1)[1] for r in rows) == ["a.mp4", "c.mp4", "crash.mp4"]
-    assert all(r["status"] == "accepted" for r in rows)
+    assert all(r["video_uri"] for r in rows)
+    assert len({(r["video_id"], r["clip_index"]) for r in rows}) == len(rows)
+    for video in {r["video_id"] for r in rows}:  # a video's clips tile its decoded frames, in order
+        spans = [(r["scenes_start_frame"], r["scenes_end_frame"]) for r in rows
+                 if r["video_id"] == video and r["scenes_start_frame"] is not None]
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and (not spans or spans[0][0] == 0)
+    report = audit(str(tmp_path / "out"))
+    funnel = {f["stage"]: (f["in"], f["out"]) for f in report["funnel"]}
+    assert {stage: tuple(counts) for stage, counts in result.stage_counts.items()} == funnel
+    assert funnel["probe"][0] == 10 and report["clips"]["total"] == len(rows)
