@@ -178,8 +178,11 @@ def ensure_ray(address: str | None = None) -> None:
     logging.getLogger("ray").setLevel(logging.ERROR)
     # Workers find models through the same folders as the driver (not secrets, so they may travel).
     model_env = {k: os.environ[k] for k in ("ACTCURATE_MODELS", "ACTCURATE_CACHE") if os.environ.get(k)}
+    # Never a bare ray.init(): it joins whatever cluster Ray's address file on this machine names (a stale one
+    # from a cluster stopped uncleanly hangs the run). --address, else RAY_ADDRESS (`ray job submit` sets it),
+    # else a new embedded local instance.
     ray.init(
-        address=address,
+        address=address or os.environ.get("RAY_ADDRESS") or "local",
         runtime_env={"env_vars": model_env} if model_env else None,
         include_dashboard=False,
         logging_level=logging.ERROR,
