@@ -27,7 +27,7 @@ from pipeline import models
 from pipeline.clip import Clip, sample_indices
 from pipeline.errors import UserError
 from pipeline.stage import FrameRequest, Resources, Stage, StageParams
-from stages.pose import ops
+from stages.pose import blazepose, ops
 from stages.pose.keyframes import pose_keyframes
 from stages.pose.motion_facts import describe_motion
 
@@ -38,8 +38,11 @@ WHOLEBODY = 133
 
 class PoseParams(StageParams):
     # -- models ----------------------------------------------------------------------------------------------------
-    det_model: str | None = None  # explicit path to the YOLOX ONNX; default: registry model dwpose-det
-    pose_model: str | None = None  # explicit path to the DWPose ONNX; default: registry model dwpose-pose
+    # dwpose: YOLOX-L + DWPose on onnxruntime (weights from a model hub); blazepose: MediaPipe's BlazePose detector
+    # and full landmark model on LiteRT (files from the mediapipe wheel, stages/pose/blazepose.py), COCO-17 only
+    backend: Literal["dwpose", "blazepose"] = "dwpose"
+    det_model: str | None = None  # explicit path to the detector (YOLOX ONNX / BlazePose detector TFLite)
+    pose_model: str | None = None  # explicit path to the pose model (DWPose ONNX / BlazePose landmark TFLite)
     # auto: CUDA when onnxruntime has it (onnxruntime-gpu), else CPU; cuda: fail at start-up without it
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # onnxruntime intra-op threads; None: OMP_NUM_THREADS (Ray sets it) or all cores
@@ -131,6 +134,7 @@ class PoseStage(Stage):
         "pose_keyframe_indices": pa.list_(pa.int32()),  # into the clip's kept frames (scenes_kept_frame_times)
         "pose_keyframe_times": pa.list_(pa.float64()),
         "pose_keypoint_format": pa.string(),  # coco17 | coco_wholebody133
+        "pose_backend": pa.string(),  # dwpose | blazepose: the models that found the persons and their keypoints
         "pose_record": pa.list_(RECORD_FRAME),
         "pose_motion_facts": pa.list_(pa.string()),
         "pose_motion_events": pa.list_(MOTION_EVENT),
@@ -148,8 +152,8 @@ class PoseStage(Stage):
 
     def __init__(self, params: PoseParams | None = None):
         super().__init__(params)
-        self.detector: _Detector | None = None
-        self.pose: _PoseModel | None = None
+        self.detector: _Detector | blazepose.BlazeDetector | None = None
+        self.pose: _PoseModel | blazepose.BlazeLandmarks | None = None
         if self.params.gpus:
             self.resources = type(self).resources.model_copy(update={"gpus": self.params.gpus})
 
@@ -158,16 +162,28 @@ class PoseStage(Stage):
         return FrameRequest(self.params.fps, self.params.max_side)
 
     def _paths(self):
+        if self.params.backend == "blazepose":
+            return (models.resolve(blazepose.DET_MODEL, self.params.det_model),
+                    models.resolve(blazepose.LANDMARK_MODEL, self.params.pose_model))
         return models.resolve("dwpose-det", self.params.det_model), models.resolve("dwpose-pose", self.params.pose_model)
 
     def preflight(self) -> None:
         det, pose = self._paths()
+        if self.params.backend == "blazepose":
+            if self.params.provider == "cuda":
+                raise UserError("pose.backend blazepose runs on the CPU (LiteRT): set pose.provider to auto or cpu")
+            blazepose.load(det, pose, 1)  # a wrong or corrupt file is a start-up error, not a Ray crash
+            return
         providers(self.params.provider)
         _Detector(det, ["CPUExecutionProvider"], 1)  # a wrong or corrupt file is a start-up error, not a Ray crash
         _PoseModel(pose, ["CPUExecutionProvider"], 1, self.params.simcc_split_ratio)
 
     def setup(self) -> None:
         det, pose = self._paths()
+        if self.params.backend == "blazepose":
+            self.detector, self.pose = blazepose.load(det, pose, self.params.threads)
+            log.info("pose: BlazePose %s and %s on LiteRT (CPU)", det.name, pose.name)
+            return
         chosen = providers(self.params.provider)
         threads = self.params.threads
         if threads is None:
@@ -263,6 +279,7 @@ class PoseStage(Stage):
             largest_area=ops.value_on_share(largest, p.frame_share, high=True),
             tracks=int(max((fp.tracks.max() + 1 for fp in w.persons if len(fp)), default=0)),
             main_coverage=float(np.mean([0 in fp.tracks for fp in w.persons])),
+            backend=p.backend,
         )
         checks = [
             ("min_persons", p.min_persons, lambda: ops.value_on_share(counts, p.frame_share, high=True),
