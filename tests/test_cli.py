@@ -93,8 +93,11 @@ def test_s3_input_and_output_on_a_moto_server(many_videos, tmp_path):
                 "run1/manifests/shard-000000.parquet", "run1/commits/shard-000001.json"} <= keys
         report = json.loads(actcurate("audit", "s3://curated/run1", "--json", env=env).stdout)
         assert report["videos"] == {"total": 3, "done": 3}
-        # each video: a 2 s scene kept, a 1.6 s scene under the 2 s minimum rejected
-        assert report["clips"] == {"total": 5, "accepted": 2, "rejected": 2, "error": 1}
+        # each video: a 1.6 s scene under the 2 s minimum rejected, a 2 s scene of moving squares rejected by the
+        # quickstart's human check (no person)
+        assert report["clips"] == {"total": 5, "accepted": 0, "rejected": 4, "error": 1}
+        assert {(r["stage"], r["rule"]) for r in report["reasons"]} == {("scenes", "min_clip_length"),
+                                                                             ("pose", "min_persons")}
         assert report["errors"][0]["example_uri"] == "s3://raw/crawl/day 1/broken.mp4"
         again = actcurate("run", "--recipe", "quickstart", "--output", "s3://curated/run1", env=env)
         assert again.returncode == 0 and "nothing to do" in again.stdout

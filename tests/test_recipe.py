@@ -40,8 +40,8 @@ def test_bad_recipe_keys_are_clear_errors(doc, message):
 def test_bad_override_and_missing_recipe():
     with pytest.raises(UserError, match="stage.param=value"):
         parse_override("min_fps=3")
-    with pytest.raises(UserError, match="'pose' is not in recipe"):
-        load_recipe("quickstart", ["pose.min_persons=1"])
+    with pytest.raises(UserError, match="'aesthetic' is not in recipe"):  # the quickstart has no aesthetic stage
+        load_recipe("quickstart", ["aesthetic.min_aesthetic=1"])
     with pytest.raises(UserError, match="recipe not found"):
         load_recipe("no-such-recipe")
 

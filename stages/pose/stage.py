@@ -4,7 +4,7 @@ of HAIC and M-ACM, affine-compensated movement, M-ACM's keyframes, a compact pos
 Batched: the detector runs over every analysed frame of every clip of the Ray batch, then the pose model over
 every person crop of the clips that passed the detection rules (so rejected clips cost no pose inference).
 Models come from the registry (`dwpose-det`, `dwpose-pose`) or explicit paths; onnxruntime's CUDA provider is
-used when present (provider=auto) and the CPU otherwise. The pre/post-processing is ours (stages/pose/ops.py), in
+used when present (device=auto) and the CPU otherwise. The pre/post-processing is ours (stages/pose/ops.py), in
 numpy and cv2, following the DWPose annotator and rtmlib 0.0.16; rtmlib itself is not a dependency (it pins the
 non-headless OpenCV build).
 
@@ -27,7 +27,7 @@ from pipeline.clip import Clip
 from pipeline.devices import onnx_providers
 from pipeline.errors import UserError
 from pipeline.stage import FrameRequest, ModelParams, Resources, Stage
-from stages.pose import ops
+from stages.pose import blazepose, ops
 from stages.pose.keyframes import pose_keyframes
 from stages.pose.motion_facts import describe_motion
 
@@ -38,8 +38,11 @@ WHOLEBODY = 133
 
 class PoseParams(ModelParams):
     # -- models ----------------------------------------------------------------------------------------------------
-    det_model: str | None = None  # explicit path to the YOLOX ONNX; default: registry model dwpose-det
-    pose_model: str | None = None  # explicit path to the DWPose ONNX; default: registry model dwpose-pose
+    # dwpose: YOLOX-L + DWPose on onnxruntime (weights from a model hub); blazepose: MediaPipe's BlazePose detector
+    # and full landmark model on LiteRT (files from the mediapipe wheel, stages/pose/blazepose.py), COCO-17 only
+    backend: Literal["dwpose", "blazepose"] = "dwpose"
+    det_model: str | None = None  # explicit path to the detector (YOLOX ONNX / BlazePose detector TFLite)
+    pose_model: str | None = None  # explicit path to the pose model (DWPose ONNX / BlazePose landmark TFLite)
     # device (ModelParams) auto: CUDA when onnxruntime has it (onnxruntime-gpu), else CPU; cuda: fail without it
     threads: int | None = None  # onnxruntime intra-op threads; None: OMP_NUM_THREADS (Ray sets it) or all cores
     det_batch: int = Field(8, ge=1)  # frames per detector call (models with a dynamic batch axis; else 1)
@@ -129,6 +132,7 @@ class PoseStage(Stage):
         "pose_keyframe_indices": pa.list_(pa.int32()),  # into the clip's kept frames (scenes_kept_frame_times)
         "pose_keyframe_times": pa.list_(pa.float64()),
         "pose_keypoint_format": pa.string(),  # coco17 | coco_wholebody133
+        "pose_backend": pa.string(),  # dwpose | blazepose: the models that found the persons and their keypoints
         "pose_record": pa.list_(RECORD_FRAME),
         "pose_motion_facts": pa.list_(pa.string()),
         "pose_motion_events": pa.list_(MOTION_EVENT),
@@ -145,24 +149,39 @@ class PoseStage(Stage):
 
     def __init__(self, params: PoseParams | None = None, context=None):
         super().__init__(params, context)
-        self.detector: _Detector | None = None
-        self.pose: _PoseModel | None = None
+        self.detector: _Detector | blazepose.BlazeDetector | None = None
+        self.pose: _PoseModel | blazepose.BlazeLandmarks | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def frame_request(self) -> FrameRequest:
         return FrameRequest(self.params.fps, self.params.max_side)
 
     def _paths(self):
+        if self.params.backend == "blazepose":
+            return (self.model_path(blazepose.DET_MODEL, self.params.det_model),
+                    self.model_path(blazepose.LANDMARK_MODEL, self.params.pose_model))
         return self.model_path("dwpose-det", self.params.det_model), self.model_path("dwpose-pose", self.params.pose_model)
+
+    def can_use_gpu(self) -> bool:
+        return self.params.backend == "dwpose"  # LiteRT runs BlazePose on the CPU
 
     def preflight(self) -> None:
         det, pose = self._paths()
+        if self.params.backend == "blazepose":
+            if self.params.device == "cuda":
+                raise UserError("pose.backend blazepose runs on the CPU (LiteRT): set pose.device to auto or cpu")
+            blazepose.load(det, pose, 1)  # a wrong or corrupt file is a start-up error, not a Ray crash
+            return
         onnx_providers(self.params.device, self.name)
         _Detector(det, ["CPUExecutionProvider"], 1)  # a wrong or corrupt file is a start-up error, not a Ray crash
         _PoseModel(pose, ["CPUExecutionProvider"], 1, self.params.simcc_split_ratio)
 
     def setup(self) -> None:
         det, pose = self._paths()
+        if self.params.backend == "blazepose":
+            self.detector, self.pose = blazepose.load(det, pose, self.params.threads)
+            log.info("pose: BlazePose %s and %s on LiteRT (CPU)", det.name, pose.name)
+            return
         chosen = onnx_providers(self.params.device, self.name)
         threads = self.params.threads
         if threads is None:
@@ -234,6 +253,7 @@ class PoseStage(Stage):
             largest_area=ops.value_on_share(largest, p.frame_share, high=True),
             tracks=int(max((fp.tracks.max() + 1 for fp in w.persons if len(fp)), default=0)),
             main_coverage=float(np.mean([0 in fp.tracks for fp in w.persons])),
+            backend=p.backend,
         )
         return (self.at_least(clip, "min_persons", ops.value_on_share(counts, p.frame_share, high=True), p.min_persons)
                 and self.at_least(clip, "min_person_area", ops.value_on_share(largest, p.frame_share, high=True),
