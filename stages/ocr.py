@@ -36,6 +36,8 @@ from pydantic import Field
 from pipeline.clip import Clip, sample_indices
 from pipeline.errors import UserError
 from pipeline.stage import FrameRequest, Resources, Stage, StageParams
+from stages import ocr_kinds
+from stages.ocr_kinds import KindParams
 
 
 class OcrParams(StageParams):
@@ -61,6 +63,13 @@ class OcrParams(StageParams):
     max_text_boxes: int | None = Field(None, ge=0)
     max_text_area_ratio: float | None = Field(None, ge=0)
     max_corner_boxes: int | None = Field(None, ge=0)
+    # Text by kind (stages/ocr_kinds.py): rules on subtitles, overlays and scene text, and how kinds are told apart.
+    max_subtitle_frames: float | None = Field(None, ge=0, le=1)
+    max_subtitle_boxes: int | None = Field(None, ge=0)
+    max_overlay_area: float | None = Field(None, ge=0)
+    max_scene_text_area: float | None = Field(None, ge=0)
+    max_letterbox_area: float | None = Field(None, ge=0)
+    kinds: KindParams = KindParams()
     # Explicit model files (rapidocr: .onnx files; paddleocr: model folders). None: rapidocr's bundled PP-OCRv6.
     det_model_path: str | None = None
     rec_model_path: str | None = None
@@ -89,11 +98,34 @@ class OcrStage(Stage):
         # With recognition only: per frame the text of each box ("" below min_text_score), and the clip's distinct texts.
         "ocr_frame_texts": pa.list_(pa.list_(pa.string())),
         "ocr_text": pa.list_(pa.string()),
+        # Text by kind (stages/ocr_kinds.py): per frame the kind of each box ("subtitle", "overlay", "scene"), aligned
+        # with ocr_frame_boxes; per kind the frame_quantile of the per-frame box count and box area (share of the
+        # frame) and the share of frames with at least one box of that kind.
+        "ocr_frame_kinds": pa.list_(pa.list_(pa.string())),
+        "ocr_subtitle_boxes": pa.int32(),
+        "ocr_subtitle_area": pa.float64(),
+        "ocr_subtitle_frames": pa.float64(),
+        "ocr_overlay_boxes": pa.int32(),
+        "ocr_overlay_area": pa.float64(),
+        "ocr_overlay_frames": pa.float64(),
+        "ocr_scene_text_boxes": pa.int32(),
+        "ocr_scene_text_area": pa.float64(),
+        "ocr_scene_text_frames": pa.float64(),
+        # Black bars [top, bottom, left, right] as shares of the frame height / width, and the share of the frame
+        # they cover.
+        "ocr_letterbox": pa.list_(pa.float32()),
+        "ocr_letterbox_area": pa.float64(),
     }
     rules: ClassVar[dict[str, str]] = {
         "max_text_boxes": "more text boxes than max_text_boxes on the clip's frames (corner logos apart)",
         "max_text_area_ratio": "text covers more than max_text_area_ratio of a frame",
         "max_corner_boxes": "more small corner text boxes (logos, watermarks) than max_corner_boxes",
+        "max_subtitle_frames": "subtitles (changing text lines in the top or bottom band) on more than "
+                               "max_subtitle_frames of the frames",
+        "max_subtitle_boxes": "more subtitle lines than max_subtitle_boxes on a frame",
+        "max_overlay_area": "overlays (logos, captions, score bugs fixed in place) cover more than max_overlay_area",
+        "max_scene_text_area": "text in the scene (signs, banners) covers more than max_scene_text_area of a frame",
+        "max_letterbox_area": "black letterbox or pillarbox bars cover more than max_letterbox_area of the frame",
         "too_few_frames": "the clip has no kept frame to read (only when a rule is set)",
     }
 
@@ -132,7 +164,8 @@ class OcrStage(Stage):
         indices = sample_indices(clip.frame_times, p.fps) if clip.frames is not None else []
         if not indices:
             self.set(clip, frames=0, frame_times=[])
-            if any(v is not None for v in (p.max_text_boxes, p.max_text_area_ratio, p.max_corner_boxes)):
+            if any(v is not None for v in (p.max_text_boxes, p.max_text_area_ratio, p.max_corner_boxes)) or any(
+                    getattr(p, rule) is not None for rule in ocr_kinds.RULES):
                 self.reject(clip, "too_few_frames", 0, 1)
             return
         frame_boxes, frame_texts = [], []
@@ -168,6 +201,8 @@ class OcrStage(Stage):
             text_area_ratio_mean=float(np.mean(area_ratios)),
             corner_boxes_max=int(max(corner_counts)),
         )
+        kinds = ocr_kinds.measure([clip.frames[i] for i in indices], frame_boxes, p.kinds, q)
+        values.update(kinds)
         if p.recognize:
             values["frame_texts"] = frame_texts
             values["text"] = list(dict.fromkeys(t for texts in frame_texts for t in texts if t))
@@ -179,6 +214,9 @@ class OcrStage(Stage):
             self.reject(clip, "max_text_area_ratio", area_ratio, p.max_text_area_ratio)
         elif p.max_corner_boxes is not None and corner_max > p.max_corner_boxes:
             self.reject(clip, "max_corner_boxes", corner_max, p.max_corner_boxes)
+        for rule, value, threshold in ocr_kinds.violations(kinds, p.model_dump()):
+            if clip.alive:
+                self.reject(clip, rule, value, threshold)
 
     def _summarise(self, quads: np.ndarray, width: int, height: int) -> tuple[list[list[float]], int, int, float]:
         """Normalised boxes, text and corner counts, and the text area ratio of one frame."""
