@@ -173,13 +173,23 @@ def graphic_share(rgb_crop: np.ndarray) -> float:
     return float((distinct & fill).mean())
 
 
-def camera_shifts(greys: Sequence[np.ndarray], width: int = 160) -> list[float]:
-    """Global shift of the picture between consecutive frames (phase correlation on a 160 px wide copy), as a share
-    of the picture's size; people moving in a fixed shot leave it near 0, a pan does not."""
+def camera_shifts(greys: Sequence[np.ndarray], frame_boxes: Sequence[Sequence[Box]] | None = None,
+                  width: int = 160) -> list[float]:
+    """Global shift of the picture between consecutive frames (phase correlation on a 160 px wide copy with the
+    text boxes of both frames blanked, so fixed text cannot pin it at 0), as a share of the picture's size; people
+    moving in a fixed shot leave it near 0, a pan does not."""
     small = []
     for g in greys:
         h = max(8, round(g.shape[0] * width / g.shape[1]))
         small.append(cv2.resize(g, (width, h), interpolation=cv2.INTER_AREA).astype(np.float32))
+    if frame_boxes:
+        h = small[0].shape[0]
+        every = [b for boxes in frame_boxes for b in boxes]
+        for image in small:
+            fill = float(image.mean())
+            for b in every:
+                x0, y0, x1, y1 = _px(b, width, h, pad=2)
+                image[y0:y1, x0:x1] = fill
     if len(small) < 2:
         return []
     window = cv2.createHanningWindow(small[0].shape[::-1], cv2.CV_32F)
@@ -221,7 +231,7 @@ def classify(frames: Sequence[np.ndarray], frame_boxes: Sequence[Sequence[Box]],
         return grads[f]
 
     tracks = link_tracks(frame_boxes)
-    shifts = camera_shifts(greys)
+    shifts = camera_shifts(greys, frame_boxes)
     for track in tracks:
         boxes = np.array([frame_boxes[f][b] for f, b in track.obs], np.float64)
         median = np.median(boxes, axis=0)
