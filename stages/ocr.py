@@ -18,8 +18,8 @@ letterbox bars are recorded; the kind rules (max_subtitle_frames, max_overlay_ar
 on those, so a one-line subtitle no longer passes as "one text" and a sign in the scene is not taken for a caption.
 
 Sources of the defaults: HOIGen-1M rejects clips with "over one text" (DBNet++): max_text_boxes: 1 reads it
-literally (its recipe rejects by kind instead); Open-Sora-Plan runs its OCR at 1 fps; rapidocr's own box threshold (0.5) and text-score
-threshold (0.5); the 960 px long side and the fast detector settings from the dependency probe.
+literally (its recipe rejects by kind instead); Open-Sora-Plan runs its OCR at 1 fps; rapidocr's own box threshold
+(0.5) and text-score threshold (0.5); the 960 px long side and the fast detector settings from the dependency probe.
 
 `backend: paddleocr` uses PaddleOCR 3 (TextDetection / TextRecognition) when it is installed; it is not a dependency
 of this package, and PaddleOCR downloads its models on first use, so it is for machines that can reach its hosts or
@@ -219,7 +219,7 @@ class OcrStage(Stage):
             self.reject(clip, "max_text_area_ratio", area_ratio, p.max_text_area_ratio)
         elif p.max_corner_boxes is not None and corner_max > p.max_corner_boxes:
             self.reject(clip, "max_corner_boxes", corner_max, p.max_corner_boxes)
-        for rule, value, threshold in ocr_kinds.violations(kinds, p.model_dump()):
+        for rule, value, threshold in ocr_kinds.violations(kinds, {r: getattr(p, r) for r in ocr_kinds.RULES}):
             if clip.alive:
                 self.reject(clip, rule, value, threshold)
 
