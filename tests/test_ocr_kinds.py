@@ -336,3 +336,16 @@ def test_measure_and_violations():
     assert ocr_kinds.violations(values, {"max_subtitle_frames": None, "max_scene_text_area": 0.0}) == []
     empty = ocr_kinds.measure(frames, [[], [], [], []])
     assert empty["frame_kinds"] == [[], [], [], []] and empty["subtitle_frames"] == empty["overlay_area"] == 0
+
+
+def test_recipes_reject_by_kind_with_the_values_tested_here():
+    from pipeline.recipe import load_recipe
+
+    for name in ("hoigen", "quickstart"):
+        (ocr,) = [s.build().params for s in load_recipe(name).stages if s.name == "ocr"]
+        assert {rule: getattr(ocr, rule) for rule in RULES} == RULES and ocr.max_text_boxes is None
+    for name in ("haic", "hmi"):  # score only: their papers state no text rule
+        (ocr,) = [s.build().params for s in load_recipe(name).stages if s.name == "ocr"]
+        assert all(getattr(ocr, rule) is None for rule in (*RULES, "max_text_boxes"))
+    assert set(ocr_kinds.RULES) <= set(OcrStage.rules)
+    assert all(f"ocr_{column}" in OcrStage.columns for column in ocr_kinds.RULES.values())
