@@ -5,7 +5,8 @@ command line (default: all) and prints {section: figures} as the last line:
   aesthetic   AestheticStage (tiny fixture model; the real ViT-L/14 architecture with RANDOM weights) against the
               reference loop of improved-aesthetic-predictor (`--no-real` skips ViT-L/14, about a minute here)
   ocr         OcrStage detection only against detection plus recognition (ocr_det_speedup) and against rapidocr's
-              out-of-the-box call, on 960x540 frames with rendered text (plus the shared overlay clip when present)
+              out-of-the-box call, on 960x540 frames with rendered text (plus the shared overlay clip when present);
+              the text-by-kind step's own cost against what recognition adds (ocr_kinds_ms)
   motion      MotionStage (DIS) at 256 and 960 px input against Data-Juicer's Farneback motion score
 
 Random weights, written once into bench/.cache (git-ignored; the ViT-L/14 file is 1.7 GB): no model is downloaded.
@@ -254,14 +255,30 @@ def bench_ocr(videos: Path, quick: bool = False, repeats: int = 3) -> dict:
     wall, cpu = _timed_min(lambda: [engine(f) for f in bgr], reps)
     out["rapidocr_default"] = {"fps": round(total / wall, 2), "cpu_ms_per_frame": round(cpu / total * 1000, 1)}
     det, both, default = out["det"], out["det_rec"], out["rapidocr_default"]
+    # Text by kind (stages/ocr_kinds.py, inside the det figures above): letterbox, tracks, content change, graphic
+    # fill and camera shift, all from pixels, against recognition (the other way to see a subtitle's text change).
+    from pipeline.clip import sample_indices
+    from stages import ocr_kinds
+
+    read = OcrStage(OcrParams())
+    read.setup()
+    items = [([c.frames[i] for i in sample_indices(c.frame_times, 1.0)], c.columns["ocr_frame_boxes"])
+             for c in read.process(clips())]
+    _wall, cpu = _timed_min(lambda: [ocr_kinds.measure(f, b) for f, b in items], reps)
+    kinds_ms = cpu / total * 1000
+    rec_ms = both["cpu_ms_per_frame"] - det["cpu_ms_per_frame"]
+    out["kinds"] = {"cpu_ms_per_frame": round(kinds_ms, 2), "rec_extra_cpu_ms_per_frame": round(rec_ms, 1),
+                    "share_of_det": round(kinds_ms / det["cpu_ms_per_frame"], 4)}
     out["ocr_det_speedup"] = round(det["fps"] / both["fps"], 2)  # frames per second, detection only / with recognition
     out["ocr_det_speedup_cpu"] = round(both["cpu_ms_per_frame"] / det["cpu_ms_per_frame"], 2)
     out["speedup_vs_rapidocr_default"] = round(det["fps"] / default["fps"], 2)
-    out["summary"] = {"ocr_fps": det["fps"], "ocr_rec_fps": both["fps"], "ocr_det_speedup": out["ocr_det_speedup"]}
+    out["summary"] = {"ocr_fps": det["fps"], "ocr_rec_fps": both["fps"], "ocr_det_speedup": out["ocr_det_speedup"],
+                      "ocr_kinds_ms": out["kinds"]["cpu_ms_per_frame"]}
     print(f"ocr: detection only {det['fps']} frames/s ({det['cpu_ms_per_frame']} CPU ms/frame); with recognition "
           f"{both['fps']} frames/s ({both['cpu_ms_per_frame']} CPU ms/frame): detection only is "
           f"{out['ocr_det_speedup']}x cheaper; rapidocr's default call {default['fps']} frames/s "
-          f"({default['cpu_ms_per_frame']} CPU ms/frame)", flush=True)
+          f"({default['cpu_ms_per_frame']} CPU ms/frame); text by kind {out['kinds']['cpu_ms_per_frame']} CPU ms/frame "
+          f"(recognition adds {out['kinds']['rec_extra_cpu_ms_per_frame']})", flush=True)
     return out
 
 # == end of ocr ========================================================================================================

@@ -12,9 +12,14 @@ corner boxes: by default they do not count as text for `max_text_boxes` and `max
 `max_corner_boxes` can reject them on its own. The corner zone is Cosmos-Curate's (box centre within 10 % of the
 width and 10 % of the height of a corner); the size bound is ours.
 
-Sources of the defaults: HOIGen-1M rejects clips with "over one text" (DBNet++), so its recipe sets
-max_text_boxes: 1; Open-Sora-Plan runs its OCR at 1 fps; rapidocr's own box threshold (0.5) and text-score
-threshold (0.5); the 960 px long side and the fast detector settings from the dependency probe.
+Text by kind (stages/ocr_kinds.py): every box is also classed as a subtitle, an overlay (logo, watermark, caption,
+score bug) or scene text over the clip's frames, from position, persistence, pixel change and fill, and the clip's
+letterbox bars are recorded; the kind rules (max_subtitle_frames, max_overlay_area, max_scene_text_area, ...) reject
+on those, so a one-line subtitle no longer passes as "one text" and a sign in the scene is not taken for a caption.
+
+Sources of the defaults: HOIGen-1M rejects clips with "over one text" (DBNet++): max_text_boxes: 1 reads it
+literally (its recipe rejects by kind instead); Open-Sora-Plan runs its OCR at 1 fps; rapidocr's own box threshold
+(0.5) and text-score threshold (0.5); the 960 px long side and the fast detector settings from the dependency probe.
 
 `backend: paddleocr` uses PaddleOCR 3 (TextDetection / TextRecognition) when it is installed; it is not a dependency
 of this package, and PaddleOCR downloads its models on first use, so it is for machines that can reach its hosts or
@@ -37,6 +42,8 @@ from pipeline.clip import Clip
 from pipeline.devices import onnx_providers
 from pipeline.errors import UserError
 from pipeline.stage import FrameRequest, ModelParams, Resources, Stage
+from stages import ocr_kinds
+from stages.ocr_kinds import KindParams
 
 
 class OcrParams(ModelParams):
@@ -62,6 +69,13 @@ class OcrParams(ModelParams):
     max_text_boxes: int | None = Field(None, ge=0)
     max_text_area_ratio: float | None = Field(None, ge=0)
     max_corner_boxes: int | None = Field(None, ge=0)
+    # Text by kind (stages/ocr_kinds.py): rules on subtitles, overlays and scene text, and how kinds are told apart.
+    max_subtitle_frames: float | None = Field(None, ge=0, le=1)
+    max_subtitle_boxes: int | None = Field(None, ge=0)
+    max_overlay_area: float | None = Field(None, ge=0)
+    max_scene_text_area: float | None = Field(None, ge=0)
+    max_letterbox_area: float | None = Field(None, ge=0)
+    kinds: KindParams = KindParams()
     # Explicit model files (rapidocr: .onnx files; paddleocr: model folders). None: rapidocr's bundled PP-OCRv6.
     det_model_path: str | None = None
     rec_model_path: str | None = None
@@ -91,11 +105,34 @@ class OcrStage(Stage):
         # With recognition only: per frame the text of each box ("" below min_text_score), and the clip's distinct texts.
         "ocr_frame_texts": pa.list_(pa.list_(pa.string())),
         "ocr_text": pa.list_(pa.string()),
+        # Text by kind (stages/ocr_kinds.py): per frame the kind of each box ("subtitle", "overlay", "scene"), aligned
+        # with ocr_frame_boxes; per kind the frame_quantile of the per-frame box count and box area (share of the
+        # frame) and the share of frames with at least one box of that kind.
+        "ocr_frame_kinds": pa.list_(pa.list_(pa.string())),
+        "ocr_subtitle_boxes": pa.int32(),
+        "ocr_subtitle_area": pa.float64(),
+        "ocr_subtitle_frames": pa.float64(),
+        "ocr_overlay_boxes": pa.int32(),
+        "ocr_overlay_area": pa.float64(),
+        "ocr_overlay_frames": pa.float64(),
+        "ocr_scene_text_boxes": pa.int32(),
+        "ocr_scene_text_area": pa.float64(),
+        "ocr_scene_text_frames": pa.float64(),
+        # Black bars [top, bottom, left, right] as shares of the frame height / width, and the share of the frame
+        # they cover.
+        "ocr_letterbox": pa.list_(pa.float32()),
+        "ocr_letterbox_area": pa.float64(),
     }
     rules: ClassVar[dict[str, str]] = {
         "max_text_boxes": "more text boxes than max_text_boxes on the clip's frames (corner logos apart)",
         "max_text_area_ratio": "text covers more than max_text_area_ratio of a frame",
         "max_corner_boxes": "more small corner text boxes (logos, watermarks) than max_corner_boxes",
+        "max_subtitle_frames": "subtitles (changing text lines in the top or bottom band) on more than "
+                               "max_subtitle_frames of the frames",
+        "max_subtitle_boxes": "more subtitle lines than max_subtitle_boxes on a frame",
+        "max_overlay_area": "overlays (logos, captions, score bugs fixed in place) cover more than max_overlay_area",
+        "max_scene_text_area": "text in the scene (signs, banners) covers more than max_scene_text_area of a frame",
+        "max_letterbox_area": "black letterbox or pillarbox bars cover more than max_letterbox_area of the frame",
     }
 
     def __init__(self, params: OcrParams | None = None, context=None):
@@ -140,7 +177,8 @@ class OcrStage(Stage):
         sample = self.frames(clip)
         if not sample:
             self.set(clip, frames=0, frame_times=[])
-            if any(v is not None for v in (p.max_text_boxes, p.max_text_area_ratio, p.max_corner_boxes)):
+            if any(v is not None for v in (p.max_text_boxes, p.max_text_area_ratio, p.max_corner_boxes)) or any(
+                    getattr(p, rule) is not None for rule in ocr_kinds.RULES):
                 self.reject(clip, "no_frames", 0, 1)
             return
         frame_boxes, frame_texts = [], []
@@ -175,13 +213,17 @@ class OcrStage(Stage):
             text_area_ratio_mean=float(np.mean(area_ratios)),
             corner_boxes_max=int(max(corner_counts)),
         )
+        kinds = ocr_kinds.measure(list(sample.images), frame_boxes, p.kinds, q)
+        values.update(kinds)
         if p.recognize:
             values["frame_texts"] = frame_texts
             values["text"] = list(dict.fromkeys(t for texts in frame_texts for t in texts if t))
         self.set(clip, **values)
-        (self.at_most(clip, "max_text_boxes", text_boxes, p.max_text_boxes)
-         and self.at_most(clip, "max_text_area_ratio", area_ratio, p.max_text_area_ratio)
-         and self.at_most(clip, "max_corner_boxes", values["corner_boxes_max"], p.max_corner_boxes))
+        passed = (self.at_most(clip, "max_text_boxes", text_boxes, p.max_text_boxes)
+                  and self.at_most(clip, "max_text_area_ratio", area_ratio, p.max_text_area_ratio)
+                  and self.at_most(clip, "max_corner_boxes", values["corner_boxes_max"], p.max_corner_boxes))
+        for rule, column in ocr_kinds.RULES.items():
+            passed = passed and self.at_most(clip, rule, kinds[column], getattr(p, rule))
 
     def _summarise(self, quads: np.ndarray, width: int, height: int) -> tuple[list[list[float]], int, int, float]:
         """Normalised boxes, text and corner counts, and the text area ratio of one frame."""
