@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import cv2
@@ -72,9 +73,18 @@ class MotionParams(ModelParams):
     support_ratio: float = Field(0.8, gt=0, le=1)
     # The clip value the rules check: the mean over pairs (Open-Sora, Data-Juicer) or the median (robust).
     statistic: Literal["mean", "median"] = "mean"
-    # Rules (None: off, score only), in frame diagonals per second.
-    min_flow: float | None = Field(None, ge=0)
+    # Own motion (camera removed) faster than this counts a point as moving, in frame diagonals per second: about
+    # 0.7 px between frames 0.25 s apart at the 256 px working size, above DIS's sub-pixel noise on still texture.
+    moving_threshold: float = Field(0.01, gt=0)
+    # Rules (None: off, score only).
+    min_flow: float | None = Field(None, ge=0)  # whole-frame mean flow, frame diagonals per second
     max_flow: float | None = Field(None, ge=0)
+    # The people's own motion: mean flow inside the pose stage's person boxes after removing the camera (fitted on
+    # the background), in person sizes (box diagonals) per second. Needs `pose` before `motion`.
+    min_person_flow: float | None = Field(None, ge=0)
+    # Without pose: the share of the frame that moves on its own (camera removed) faster than moving_threshold; a
+    # small person moving in a still wide shot is a few percent of the frame, a still shot is 0.
+    min_moving_share: float | None = Field(None, ge=0, le=1)
     # RAFT backend.
     raft_model: Literal["raft_large", "raft_small"] = "raft_large"
     raft_weights: str | None = None  # a .pth file; None: torchvision's default weights, from torch's cache only
@@ -98,12 +108,23 @@ class MotionStage(Stage):
         "motion_object_score": pa.float64(),  # what the affine part leaves (objects, people), same units
         "motion_supported_fraction": pa.float64(),  # share of pixels whose flow passed the photometric check
         "motion_warp_error": pa.float64(),  # mean |frame1 warped by the flow - frame0|, in standard deviations
+        "motion_moving_share": pa.float64(),  # mean share of the frame moving on its own (camera removed)
+        "motion_object_p99": pa.float64(),  # 99th percentile of own motion, frame diagonals per second (mean over pairs)
+        # people (with pose before motion): median over pairs of the flow inside their boxes, camera removed, in
+        # person sizes per second; null without pose or where no person was found
+        "motion_person_score": pa.float64(),
+        "motion_person_pairs": pa.int32(),  # pairs with a person box to measure in
         "motion_pair_scores": pa.list_(pa.float32()),
         "motion_pair_times": pa.list_(pa.float64()),  # time of each pair's first frame (s)
     }
     rules: ClassVar[dict[str, str]] = {
-        "min_flow": "flow score below min_flow (static scene, slideshow)",
-        "max_flow": "flow score above max_flow (shaky camera, very fast motion)",
+        "min_flow": "whole-frame mean flow below min_flow: little of the picture moves (a still shot, a slideshow; a "
+                    "small person acting in a still wide shot also scores low: see min_person_flow)",
+        "max_flow": "whole-frame mean flow above max_flow (shaky camera, very fast motion)",
+        "min_person_flow": "the people barely move: flow inside their boxes, camera removed, below min_person_flow "
+                           "person sizes per second (no person found counts as 0)",
+        "min_moving_share": "almost nothing moves on its own: the share of the frame moving faster than "
+                            "moving_threshold (camera removed) is below min_moving_share",
         "too_few_frames": "one kept frame only: no frame pair to measure (only when a rule is set)",
     }
 
@@ -113,6 +134,9 @@ class MotionStage(Stage):
 
     def can_use_gpu(self) -> bool:
         return self.params.backend == "raft"
+
+    def requirements(self) -> tuple[str, ...]:
+        return (*self.requires, PERSON_BOXES) if self.params.min_person_flow is not None else self.requires
 
     def frame_request(self) -> FrameRequest:
         return FrameRequest(self.params.fps, self.params.working_side)
@@ -131,7 +155,7 @@ class MotionStage(Stage):
         sample = self.frames(clip)
         if len(sample) < 2:
             self.set(clip, pairs=0, pair_scores=[], pair_times=[])
-            if p.min_flow is not None or p.max_flow is not None:
+            if any(v is not None for v in (p.min_flow, p.max_flow, p.min_person_flow, p.min_moving_share)):
                 if sample:
                     self.reject(clip, "too_few_frames", len(sample), 2)
                 else:
@@ -145,34 +169,66 @@ class MotionStage(Stage):
         diagonal = math.hypot(width, height)
         todo = [k for k in range(len(grey) - 1) if not (flat[k] or flat[k + 1])]
         flows = dict(zip(todo, self._flow.flows(grey, rgb, todo)))
-        rows = []
+        people = _person_boxes_at(clip, times)  # normalised boxes per sampled frame, or None without pose
+        pairs: list[PairMotion] = []
         for k in range(len(grey) - 1):
             per_second = 1.0 / diagonal / max(times[k + 1] - times[k], 1e-3)
             if k not in flows:  # a black or uniform frame shows no motion to measure
-                rows.append((0.0, 0.0, 0.0, 0.0, 0.0))
+                pairs.append(PairMotion.still())
                 continue
-            mean, camera, objects, supported, error = measure(grey[k], grey[k + 1], flows[k], p.support_ratio)
-            rows.append((mean * per_second, camera * per_second, objects * per_second, supported, error))
+            pair = measure(grey[k], grey[k + 1], flows[k], p.support_ratio, per_second, p.moving_threshold)
+            if people is not None:
+                pair.person = person_motion(rgb[k], rgb[k + 1], people[k] or people[k + 1],
+                                            times[k + 1] - times[k], p.support_ratio)
+            pairs.append(pair)
         # Figures to 6 significant digits: numpy's vectorised sums and LAPACK may differ in the last bits from
         # process to process (memory alignment), and a re-run must write the same manifest.
-        rows = [tuple(_round(v) for v in row) for row in rows]
-        scores, camera, objects, supported, errors = (np.array(column) for column in zip(*rows))
+        scores = np.array([_round(m.mean) for m in pairs])
         score, median = _round(scores.mean()), _round(np.median(scores))
+        person = [m.person for m in pairs if m.person is not None]
+        person_score = _round(np.median(person)) if person else (0.0 if people is not None else None)
         self.set(
             clip,
             pairs=len(scores),
             score=score,
             score_median=median,
             score_max=float(scores.max()),
-            camera_score=_round(camera.mean()),
-            object_score=_round(objects.mean()),
-            supported_fraction=_round(supported.mean()),
-            warp_error=_round(errors.mean()),
-            pair_scores=[float(s) for s in scores],
+            camera_score=_round(np.mean([m.camera for m in pairs])),
+            object_score=_round(np.mean([m.objects for m in pairs])),
+            supported_fraction=_round(np.mean([m.supported for m in pairs])),
+            warp_error=_round(np.mean([m.warp_error for m in pairs])),
+            moving_share=_round(np.mean([m.moving_share for m in pairs])),
+            object_p99=_round(np.mean([m.object_p99 for m in pairs])),
+            person_score=person_score,
+            person_pairs=len(person),
+            pair_scores=[float(v) for v in scores],
             pair_times=times[:-1],
         )
         value = score if p.statistic == "mean" else median
-        self.at_least(clip, "min_flow", value, p.min_flow) and self.at_most(clip, "max_flow", value, p.max_flow)
+        (self.at_least(clip, "min_flow", value, p.min_flow)
+         and self.at_most(clip, "max_flow", value, p.max_flow)
+         and self.at_least(clip, "min_person_flow", person_score, p.min_person_flow)
+         and self.at_least(clip, "min_moving_share", self._column(clip, "moving_share"), p.min_moving_share))
+
+    def _column(self, clip: Clip, key: str):
+        return clip.columns[f"{self.name}_{key}"]
+
+
+PERSON_BOXES = "pose_person_boxes"
+
+
+def _person_boxes_at(clip: Clip, times: list[float]) -> list[list[list[float]]] | None:
+    """The pose stage's person boxes (normalised) at each of `times`, from its nearest analysed frame within half a
+    second (pose and motion may read frames at different rates); None when pose did not run on this clip."""
+    boxes, pose_times = clip.columns.get(PERSON_BOXES), clip.columns.get("pose_frame_times")
+    if boxes is None or not pose_times:
+        return None
+    pose_times = np.asarray(pose_times)
+    out = []
+    for t in times:
+        nearest = int(np.argmin(np.abs(pose_times - t)))
+        out.append(list(boxes[nearest]) if abs(pose_times[nearest] - t) <= 0.5 else [])
+    return out
 
 
 def _round(value: float, digits: int = 6) -> float:
@@ -191,6 +247,11 @@ def working_frame(rgb: np.ndarray, working_side: int) -> np.ndarray:
     if scale < 1.0:
         size = (max(8, round(width * scale)), max(8, round(height * scale)))
         grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    return _standardise(grey)
+
+
+def _standardise(grey: np.ndarray) -> np.ndarray:
+    """Mean 128 and one standard deviation = 40 grey levels, so flicker and exposure changes do not read as motion."""
     mean, std = (float(v[0, 0]) for v in cv2.meanStdDev(grey))
     if std < _FLAT_STD:
         return np.full_like(grey, 128)  # nothing to see; is_flat() recognises it
@@ -215,36 +276,112 @@ def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 _GRIDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
-def measure(first: np.ndarray, second: np.ndarray, flow: np.ndarray,
-            support_ratio: float) -> tuple[float, float, float, float, float]:
-    """Mean supported flow magnitude, its camera (affine) and object parts (all in pixels), the supported share of the
-    frame and the warp error (standard deviations), for one pair of standardised frames."""
+@dataclass
+class PairMotion:
+    """What one pair of frames shows, in frame diagonals per second (person: person sizes per second)."""
+
+    mean: float  # every pixel's supported flow
+    camera: float  # the affine (camera-like) part
+    objects: float  # what the affine part leaves
+    supported: float  # share of pixels whose flow passed the photometric check
+    warp_error: float  # standard deviations
+    moving_share: float  # share of the frame moving on its own faster than the threshold
+    object_p99: float
+    person: float | None = None  # None: no person box in this pair (or no pose)
+
+    @classmethod
+    def still(cls) -> PairMotion:
+        """A pair with a black or uniform frame: nothing to measure, nothing moving."""
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def measure(first: np.ndarray, second: np.ndarray, flow: np.ndarray, support_ratio: float, per_second: float = 1.0,
+            moving_threshold: float = 0.01) -> PairMotion:
+    """One pair of standardised frames: the flow kept where it explains a change (photometric check), split into
+    the camera's affine part and the scene's own motion. `per_second` turns pixels into diagonals per second."""
+    flow, share, warp_error = _supported(first, second, flow, support_ratio)
+    magnitude = float(cv2.magnitude(flow[..., 0], flow[..., 1]).mean(dtype=np.float64))
+    camera, residual = split_flow(flow)
+    return PairMotion(
+        mean=magnitude * per_second, camera=float(camera.mean()) * per_second,
+        objects=float(residual.mean()) * per_second, supported=share, warp_error=warp_error,
+        moving_share=float((residual * per_second > moving_threshold).mean()),
+        object_p99=float(np.quantile(residual, 0.99)) * per_second)
+
+
+def _supported(first: np.ndarray, second: np.ndarray, flow: np.ndarray,
+               support_ratio: float) -> tuple[np.ndarray, float, float]:
+    """The flow where it explains a change (zero elsewhere), the share of such pixels and the warp error."""
     height, width = first.shape
     gx, gy = _grid(height, width)
     warped = cv2.remap(second, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     a = first.astype(np.float32)
     after = np.abs(warped.astype(np.float32) - a) / _STD_LEVELS
-    if support_ratio < 1.0:
-        window = (_SUPPORT_WINDOW, _SUPPORT_WINDOW)
-        local_after = cv2.blur(after, window)
-        local_before = cv2.blur(np.abs(second.astype(np.float32) - a) / _STD_LEVELS, window)
-        # Where nothing changed (beyond noise), zero flow explains it as well as any other: such vectors do not count. Vectors
-        # pointing out of the frame (content leaving it in a pan) cannot be checked and count.
-        target_x, target_y = gx + flow[..., 0], gy + flow[..., 1]
-        outside = (target_x < 0) | (target_x > width - 1) | (target_y < 0) | (target_y > height - 1)
-        changed = local_before > _NOISE_LEVEL
-        supported = (changed & (local_after < support_ratio * local_before)) | outside
-        flow = flow * supported[..., None]
-        share = float(supported.mean(dtype=np.float64))
-    else:
-        share = 1.0
-    return (*split_flow(flow), share, float(after.mean(dtype=np.float64)))
+    warp_error = float(after.mean(dtype=np.float64))
+    if support_ratio >= 1.0:
+        return flow, 1.0, warp_error
+    window = (_SUPPORT_WINDOW, _SUPPORT_WINDOW)
+    local_after = cv2.blur(after, window)
+    local_before = cv2.blur(np.abs(second.astype(np.float32) - a) / _STD_LEVELS, window)
+    # Where nothing changed (beyond noise), zero flow explains it as well as any other: such vectors do not count.
+    # Vectors pointing out of the frame (content leaving it in a pan) cannot be checked and count.
+    target_x, target_y = gx + flow[..., 0], gy + flow[..., 1]
+    outside = (target_x < 0) | (target_x > width - 1) | (target_y < 0) | (target_y > height - 1)
+    changed = local_before > _NOISE_LEVEL
+    supported = (changed & (local_after < support_ratio * local_before)) | outside
+    return flow * supported[..., None], float(supported.mean(dtype=np.float64)), warp_error
 
 
-def split_flow(flow: np.ndarray, step: int = 4) -> tuple[float, float, float]:
-    """Mean magnitude of the flow (every pixel), of its robust affine fit (camera) and of the residual (objects); the
-    last two on a grid of every `step`-th pixel, which is plenty for a smooth fit. All in pixels."""
-    magnitude = float(cv2.magnitude(flow[..., 0], flow[..., 1]).mean(dtype=np.float64))
+# People's own motion is measured on crops around them at this many pixels for the box's long side: at the whole
+# frame's 256 px working size a person in a wide shot is 20 px tall and DIS cannot follow the limbs (a man doing
+# jumping jacks on a box in sports2d read 0.0006 person sizes/s at 256 px, 0.3 on crops).
+_PERSON_SIDE = 96
+_PERSON_PAD = 0.35  # crop margin around the box, in box sizes: room for the movement and a ring of background
+_PERSONS_PER_PAIR = 3  # the largest people of a frame are measured
+
+
+def person_motion(first: np.ndarray, second: np.ndarray, boxes: list[list[float]], dt: float,
+                  support_ratio: float) -> float | None:
+    """How fast the people of a pair of RGB frames move on their own, in person sizes (box diagonals) per second:
+    per person, the flow inside the box minus the median flow of the background ring around it (the camera, which
+    is locally a shift), on a crop scaled so the box's long side is _PERSON_SIDE px; the fastest person counts (someone
+    acting). None when there is no box."""
+    if not boxes:
+        return None
+    height, width = first.shape[:2]
+    speeds = []
+    largest = sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))[:_PERSONS_PER_PAIR]
+    for x0, y0, x1, y1 in largest:
+        bw, bh = (x1 - x0) * width, (y1 - y0) * height
+        if bw < 2 or bh < 2:
+            continue
+        cx0, cy0 = max(0, int((x0 * width) - _PERSON_PAD * bw)), max(0, int((y0 * height) - _PERSON_PAD * bh))
+        cx1, cy1 = min(width, int(x1 * width + _PERSON_PAD * bw) + 1), min(height, int(y1 * height + _PERSON_PAD * bh) + 1)
+        scale = min(4.0, _PERSON_SIDE / max(bw, bh))
+        size = (max(16, round((cx1 - cx0) * scale)), max(16, round((cy1 - cy0) * scale)))
+        crops = []
+        for frame in (first, second):
+            grey = cv2.cvtColor(np.ascontiguousarray(frame[cy0:cy1, cx0:cx1]), cv2.COLOR_RGB2GRAY)
+            crops.append(_standardise(cv2.resize(grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)))
+        if is_flat(crops[0]) or is_flat(crops[1]):
+            continue
+        flow = sanitise(cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(crops[0], crops[1], None))
+        flow, _, _ = _supported(crops[0], crops[1], flow, support_ratio)
+        gx, gy = _grid(size[1], size[0])
+        bx0, by0 = (x0 * width - cx0) * scale, (y0 * height - cy0) * scale
+        bx1, by1 = (x1 * width - cx0) * scale, (y1 * height - cy0) * scale
+        inside = (gx >= bx0) & (gx <= bx1) & (gy >= by0) & (gy <= by1)
+        ring = ~inside
+        camera = np.median(flow[ring], axis=0) if ring.sum() >= 50 else np.zeros(2, np.float32)
+        # the 90th percentile: a moving arm is a small part of a standing person's box, and the mean drowns it
+        own = np.quantile(np.hypot(*(flow[inside] - camera).T), 0.9)
+        speeds.append(float(own) / math.hypot(bx1 - bx0, by1 - by0) / max(dt, 1e-3))
+    return max(speeds) if speeds else 0.0
+
+
+def split_flow(flow: np.ndarray, step: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitudes, on a grid of every `step`-th pixel, of the flow's robust affine fit (the camera) and of what the
+    fit leaves (the scene's own motion)."""
     height, width = flow.shape[:2]
     ys, xs = np.mgrid[0:height:step, 0:width:step]
     sample = flow[::step, ::step].reshape(-1, 2).astype(np.float64)
@@ -256,7 +393,7 @@ def split_flow(flow: np.ndarray, step: int = 4) -> tuple[float, float, float]:
         camera = design @ coef
         residual = np.hypot(*(sample - camera).T)
         keep = residual <= np.quantile(residual, 0.7) + 1e-9
-    return magnitude, float(np.hypot(*camera.T).mean()), float(residual.mean())
+    return np.hypot(*camera.T).reshape(xs.shape), residual.reshape(xs.shape)
 
 
 def sanitise(flow: np.ndarray) -> np.ndarray:

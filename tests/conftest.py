@@ -30,6 +30,26 @@ def shared_videos() -> Path:
     return SHARED_VIDEOS
 
 
+@pytest.fixture(scope="session")
+def blazepose_models() -> tuple[Path, Path]:
+    """The real BlazePose files: from the model folder or cache (`make install` pulls them), else pulled now."""
+    from pipeline import models
+    from pipeline.errors import UserError
+    from stages.pose import blazepose
+
+    paths = []
+    for name in (blazepose.DET_MODEL, blazepose.LANDMARK_MODEL):
+        path = models.find(name)
+        if path is None:
+            try:
+                path, _ = models.pull(name, timeout=120)
+            except UserError as exc:
+                pytest.skip(f"the BlazePose files are not here and cannot be pulled ({exc}); run"
+                            f" `actcurate models pull {blazepose.DET_MODEL} {blazepose.LANDMARK_MODEL}`")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
 @pytest.fixture(autouse=True)
 def _no_cloud_credentials(monkeypatch):
     """Tests never talk to real AWS: any S3 test sets its own endpoint (a moto server on 127.0.0.1)."""

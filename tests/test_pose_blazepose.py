@@ -77,22 +77,6 @@ def test_missing_models_name_the_pull_command(monkeypatch, tmp_path):
 
 
 # -- real weights on real clips --------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def blazepose_models() -> tuple[Path, Path]:
-    """The real BlazePose files: from the model folder or cache (`make install` pulls them), else pulled now."""
-    paths = []
-    for name in (bp.DET_MODEL, bp.LANDMARK_MODEL):
-        path = models.find(name)
-        if path is None:
-            try:
-                path, _ = models.pull(name, timeout=120)
-            except UserError as exc:
-                pytest.skip(f"the BlazePose files are not here and cannot be pulled ({exc}); run"
-                            f" `actcurate models pull {bp.DET_MODEL} {bp.LANDMARK_MODEL}`")
-        paths.append(path)
-    return paths[0], paths[1]
-
-
 def hmi_run(video: Path, det: Path, landmark: Path, **overrides):
     """probe -> scenes -> pose with recipes/hmi.yaml's sections for those stages and the blazepose backend."""
     hmi = yaml.safe_load((REPO / "recipes" / "hmi.yaml").read_text())["stages"]

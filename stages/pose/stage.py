@@ -120,6 +120,8 @@ class PoseStage(Stage):
         "pose_persons_max": pa.int32(),
         "pose_persons_mean": pa.float64(),
         "pose_single_person_ratio": pa.float64(),  # share of frames with exactly one person
+        # per analysed frame, the counted persons' boxes (the largest max_pose_persons), [x0, y0, x1, y1] normalised
+        "pose_person_boxes": pa.list_(pa.list_(pa.list_(pa.float32()))),
         "pose_largest_area_per_frame": pa.list_(pa.float32()),  # largest box area / frame area
         "pose_largest_area": pa.float64(),  # reached on frame_share of the frames
         "pose_tracks": pa.int32(),  # distinct persons tracked over the clip
@@ -143,7 +145,8 @@ class PoseStage(Stage):
         "max_persons": "more than max_persons persons on more than 1 - frame_share of the frames",
         "single_person_ratio": "share of frames with exactly one person not above min_single_person_ratio",
         "min_visible_keypoints": "main person shows fewer than min_visible_keypoints body keypoints on too many frames",
-        "min_motion": "affine-compensated movement below min_motion (static scene, slideshow)",
+        "min_motion": "the main person barely moves: median keypoint movement (camera removed) below min_motion "
+                      "person sizes per second",
         "max_motion": "affine-compensated movement above max_motion",
     }
 
@@ -249,6 +252,8 @@ class PoseStage(Stage):
             persons_max=int(counts.max()),
             persons_mean=float(counts.mean()),
             single_person_ratio=single,
+            person_boxes=[[[round(float(v), 4) for v in box / np.array([wd, h, wd, h])] for box in fp.boxes]
+                          for fp in w.persons],
             largest_area_per_frame=[round(a, 5) for a in largest],
             largest_area=ops.value_on_share(largest, p.frame_share, high=True),
             tracks=int(max((fp.tracks.max() + 1 for fp in w.persons if len(fp)), default=0)),
