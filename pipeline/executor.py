@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,7 +68,6 @@ class StageRunner:
     def run_rows(self, rows: list[dict]) -> Iterator[list[dict]]:
         """Yields lists of output rows. A whole-video row may leave a splitting stage in several parts (bounded
         memory); a part keeps its number through later stages, and an empty final part stays empty."""
-        name = self.stage.name
         buffers: list[list[Clip]] = [[] for _ in rows]
         parts_sent = [0] * len(rows)
         chunkable = [r["part"] == 0 and r["last"] for r in rows]

@@ -72,7 +72,8 @@ class RunProgress:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
-        self.counts = self._refresh()
+        counts = self._refresh()
+        self.counts = {name: counts.get(name, [0, 0]) for name in self.stage_names}  # a stage no clip reached: 0
         if self._progress:
             self._progress.stop()
         else:

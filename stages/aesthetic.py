@@ -36,7 +36,6 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline import models
 from pipeline.clip import Clip
 from pipeline.devices import torch_device
 from pipeline.errors import UserError

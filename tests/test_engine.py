@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 import media
-from fixtures_run import clip_rows
+from fixtures_run import clip_rows, engine_recipe
 from manifests.audit import audit
 from pipeline.clip import Clip
 from pipeline.errors import UserError
@@ -54,7 +54,7 @@ def test_a_single_shot_leaving_scenes_in_parts_makes_no_phantom_row_and_progress
     # of the scenes stage was empty and the next stage invented an error row with no video_uri.
     media.make_video(tmp_path / "in" / "hd single shot.mp4", width=1280, height=720, fps=30, segments=(360,))
     media.make_video(tmp_path / "in" / "cuts.mp4", segments=(75, 75, 75), fps=25)
-    result = run(RunOptions(recipe=load_recipe("quickstart"), input=str(tmp_path / "in"),
+    result = run(RunOptions(recipe=engine_recipe(), input=str(tmp_path / "in"),
                             output=str(tmp_path / "out"), progress=False, chunk_bytes=1_000_000))
     rows = clip_rows(str(tmp_path / "out"))
     assert all(r["video_uri"] for r in rows)
@@ -216,7 +216,7 @@ def test_the_readme_example_stage_runs_as_written():
 @pytest.mark.slow
 def test_audit_and_status_import_no_stage_module(ray_local, tmp_path):
     media.make_video(tmp_path / "in" / "a.mp4", segments=(75, 75), fps=25)
-    run(RunOptions(recipe=load_recipe("quickstart"), input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+    run(RunOptions(recipe=engine_recipe(), input=str(tmp_path / "in"), output=str(tmp_path / "out"),
                    progress=False))
     info = json.loads((tmp_path / "out" / "run.json").read_text())
     assert info["split_stage"] == "scenes" and "min_clip_length" in info["rules"]["scenes"]

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import models
 from pipeline.clip import Clip
 from pipeline.errors import UserError
 from pipeline.recipe import build_recipe

@@ -6,27 +6,17 @@ import json
 import shutil
 
 import pytest
-import yaml
 
-from fixtures_run import clip_rows
+from fixtures_run import clip_rows, engine_recipe
 from manifests.audit import audit, status
 from pipeline.commits import committed_shards
 from pipeline.errors import UserError
-from pipeline.recipe import build_recipe, load_recipe, resolve_recipe_path
+from pipeline.recipe import load_recipe
 from pipeline.run import RunOptions, run
 from pipeline.storage import Store
 import media
 
 pytestmark = pytest.mark.slow
-
-
-def engine_recipe(overrides):
-    """The quickstart recipe without its human check (pose): these tests are about the engine, on generated videos
-    without people, and expect their scenes accepted."""
-    path = resolve_recipe_path("quickstart")
-    doc = yaml.safe_load(path.read_text())
-    doc["stages"].pop("pose")
-    return build_recipe(doc, source=str(path), overrides=list(overrides))
 
 
 def run_recipe(input_spec, output, *overrides, recipe=None, **options):
