@@ -224,7 +224,7 @@ def test_fast_detector_scores_equal_the_stock_detectors(shared_videos, detector)
 
     from stages.scenes import FrameConverter
 
-    ours = ScenesStage(ScenesParams(detector=detector))._detector()
+    ours = ScenesStage(ScenesParams(detector=detector, luma_only=False))._detector()
     stock = AdaptiveDetector() if detector == "adaptive" else ContentDetector()
     assert type(ours) is not type(stock) and isinstance(ours, type(stock))
     converter = FrameConverter()
