@@ -68,13 +68,15 @@ def hard(*frames: int) -> list[Transition]:
     return [Transition(f, f) for f in frames]
 
 
-# pyscenedetect_testvideo.mp4, read from the decoded frames (mean level and frame differences): black 0-29, hard cut
-# to shot A at 30, hard cut to black at 180, black until 210, fade in to shot B over 211-240, fade out 331-360,
-# black 360-393, fade in to shot C over 394-424, fade out to black over 664-693, black to the end (719). The
-# upstream goldens differ by detector (ContentDetector [30, 180, 394], AdaptiveDetector adds 691), so the truth
-# is the transitions: A->B is the span 180-240 and B->C 331-424 (one cut anywhere in each); C's fade to black at
-# the end is optional.
-PYSCENEDETECT_TRUTH = [Transition(30, 30), Transition(180, 240), Transition(331, 424), Transition(664, 719, False)]
+# pyscenedetect_testvideo.mp4, read from the decoded frames (mean level, saturation and frame differences, and by
+# eye): black 0-29, hard cut to shot A (leaf on a rock) at 30, hard cut to black at 180, black until 210, fade in to
+# shot B (deer) over 211-240, fade out 331-360, black 360-393, fade in to shot C (leaf on a rock, closer) over
+# 394-424, a cross-dissolve to shot D (tyre tread) over 529-558, fade out to black over 664-693, black to the end
+# (719). The upstream goldens differ by detector (ContentDetector [30, 180, 394], AdaptiveDetector adds 691) and
+# none has the dissolve, so the truth is the transitions: A->B is the span 180-240 and B->C 331-424 (one cut
+# anywhere in each), C->D the dissolve 529-558; D's fade to black at the very end is optional.
+PYSCENEDETECT_TRUTH = [Transition(30, 30), Transition(180, 240), Transition(331, 424), Transition(529, 558),
+                       Transition(664, 719, False)]
 
 
 def score(found: list[int], truth: list[Transition], tolerance: int = TOLERANCE) -> dict:
@@ -281,12 +283,14 @@ def main() -> None:
         "grey": {"crf": GREY_CRF, "scale": GREY_SCALE},
         "table": table,
         "transnet_load_s": round(load_s, 2),
+        "cpu_s_total": round(sum(r["cpu_s"] for r in results), 1),
         "prepare_s": round(prepare_s, 1),
         "wall_s": round(time.perf_counter() - wall_start, 1),
         "errors": errors,
         "clips": clips_out,
     }
-    print(f"wall {summary['wall_s']} s (inputs {summary['prepare_s']} s, TransNetV2 load {summary['transnet_load_s']} s)"
+    print(f"wall {summary['wall_s']} s, {summary['cpu_s_total']} CPU s in {args.jobs} workers (inputs "
+          f"{summary['prepare_s']} s, TransNetV2 load {summary['transnet_load_s']} s)"
           + (f"; ERRORS {errors}" if errors else ""))
     print(json.dumps(summary, separators=(",", ":")))
 
