@@ -1,4 +1,5 @@
-"""scenes: one decode pass per video that feeds PySceneDetect, cuts clips and keeps the frames later stages need.
+"""scenes: one decode pass per video that feeds the cut detector (PySceneDetect's ContentDetector or
+AdaptiveDetector, or the TransNetV2 network), cuts clips and keeps the frames later stages need.
 
 Memory stays bounded for long videos: clips are emitted as soon as their span is final (at a cut, or as fixed
 windows inside a long scene), so only the frames of the open span are ever held.
