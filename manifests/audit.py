@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import statistics
 from collections import Counter, defaultdict
@@ -60,6 +59,11 @@ def run_info(store: Store) -> dict | None:
 
 
 def audit(output: str) -> dict:
+    return audit_with_rows(output)[0]
+
+
+def audit_with_rows(output: str) -> tuple[dict, list[dict]]:
+    """The report, and the manifests' core columns it was counted from (the HTML report's thumbnails use them)."""
     store, plan = _open(output)
     committed = committed_shards(store)
     table = read_manifests(store, sorted(committed))
@@ -70,7 +74,7 @@ def audit(output: str) -> dict:
     split_at = order.index(split_stage) if split_stage in order else None
     shards = plan.shard_ids
     statuses = Counter(r["status"] for r in rows)
-    return {
+    report = {
         "output": store.root,
         "videos": {"total": len(plan.videos), "done": len({r["video_id"] for r in rows})},
         "clips": {"total": len(rows), **{k: statuses.get(k, 0) for k in ("accepted", "rejected", "error")}},
@@ -83,6 +87,7 @@ def audit(output: str) -> dict:
         "scores": _scores(table, fields.recipe_params(run_info(store))) if table is not None else [],
         "reviews": reviews.summary(store, {r["clip_id"]: r["status"] for r in rows}),
     }
+    return report, rows
 
 
 def _death_index(row: dict, order: list[str]) -> int:
@@ -261,27 +266,12 @@ def render_text(report: dict, console) -> None:
     for t in report["throughput"]:
         through.add_row(t["stage"], f"{t['count']} {t['unit']}", f"{t['seconds']:.2f}", _fmt(t["per_s"]))
     console.print(through)
-
-
-def render_html(report: dict) -> str:
-    def table(title: str, items: list[dict]) -> str:
-        if not items:
-            return f"<h2>{html.escape(title)}</h2><p>none</p>"
-        keys = list(items[0])
-        head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(i.get(k)))}</td>" for k in keys) + "</tr>"
-                       for i in items)
-        return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
-
-    summary = {k: report[k] for k in ("videos", "clips", "shards")}
-    parts = [table(name, report[name]) for name in ("funnel", "reasons", "errors", "throughput")]
-    return (
-        "<!doctype html><meta charset='utf-8'><title>actcurate audit</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style>"
-        f"<h1>actcurate audit</h1><p>{html.escape(report['output'])}</p>"
-        f"<pre>{html.escape(json.dumps(summary, indent=2))}</pre>" + "".join(parts)
-    )
+    rv = report.get("reviews") or {}
+    if rv.get("records"):
+        console.print(f"reviews: {rv['clips_reviewed']} clips reviewed by {len(rv['reviewers'])} reviewer(s): "
+                      f"{rv['review_accepted']} accepted, {rv['review_rejected']} rejected, "
+                      f"{rv['caption_edits']} caption edits, {rv['disputed']} disputed; "
+                      f"{rv['accepted_after_review']} accepted clips left after review")
 
 
 def _fmt(value) -> str:

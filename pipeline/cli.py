@@ -101,11 +101,10 @@ def status(output, as_json) -> None:
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write an HTML report.")
 def audit(output, as_json, html_file) -> None:
     """The funnel, rejection reasons with their values and thresholds, errors and throughput."""
-    from manifests.audit import audit as get_audit, render_html, render_text
+    from manifests.audit import audit as get_audit, render_text
+    from manifests.report import write_report
 
-    report = get_audit(output)
-    if html_file:
-        Path(html_file).write_text(render_html(report), encoding="utf-8")
+    report = write_report(output, html_file) if html_file else get_audit(output)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
