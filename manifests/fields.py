@@ -68,7 +68,8 @@ def _is_number(t: pa.DataType) -> bool:
 
 def score_columns(schema: pa.Schema) -> list[str]:
     """Numeric scalar stage columns (and the derived clip duration): the ones with histograms and range filters."""
-    cols = [f.name for f in schema if f.name not in CORE_COLUMNS and f.name not in NOT_SCORES and _is_number(f.type)]
+    cols = [f.name for f in schema if f.name not in CORE_COLUMNS and f.name not in NOT_SCORES
+            and not f.name.startswith("_") and f.name != "duration_s" and _is_number(f.type)]
     return ["duration_s"] + cols
 
 
