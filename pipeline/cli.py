@@ -111,6 +111,26 @@ def audit(output, as_json, html_file) -> None:
         render_text(report, console)
 
 
+@main.command()
+@click.argument("output")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (another one exposes the app).")
+@click.option("--port", default=8765, show_default=True, type=int, help="Port (0: any free port).")
+@click.option("--token", envvar="ACTCURATE_REVIEW_TOKEN", help="Write token (default: a new random one).")
+def review(output, host, port, token) -> None:
+    """Review clips in the browser: filter, play, accept / reject / edit captions (saved under OUT/reviews/)."""
+    from pipeline.review_server import make_server
+
+    server, app = make_server(output, host, port, token)
+    url_host = host if ":" not in host else f"[{host}]"
+    console.print(f"review app for {app.store.root}: {app.index.n} clips in {len(app.index.shards)} shards")
+    console.print(f"write token: {app.token}")
+    console.print(f"open http://{url_host}:{server.server_address[1]}/?token={app.token}", soft_wrap=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
 @main.group()
 def models() -> None:
     """Model files: list the registry, pull files, show where a model resolves."""
