@@ -88,6 +88,8 @@ class ClipIndex:
         self._numeric: dict[str, np.ndarray] = {}
         self.hist_edges = {c: self._edges(c) for c in self.score_columns}
         self.base_hists = {c: self._hist(c, None) for c in self.score_columns}  # precomputed: no filter
+        for c in ["clip_id"] + self.score_columns:  # sort keys too: a first page never pays for a rank
+            self._sort_key(c, False)
         self.refresh_reviews()
 
     # -- loading -------------------------------------------------------------------------------------------------
@@ -234,25 +236,34 @@ class ClipIndex:
         return m
 
     # -- pages ---------------------------------------------------------------------------------------------------
-    def _sort_key(self, sort: str, descending: bool) -> pa.Array:
-        """The column to page on, nulls replaced by the value that sorts last, so keyset paging stays simple."""
+    def _sort_key(self, sort: str, descending: bool) -> np.ndarray:
+        """The order to page in, as one float array sorted ascending: values (negated for descending; strings by
+        their rank) with nulls as +inf, so nulls come last either way. Ties are broken by row position."""
         cache_key = (sort, descending)
         key = self._keys.get(cache_key)
-        if key is None:
+        if key is None and descending:
+            asc = self._sort_key(sort, False)
+            key = -asc
+            key[np.isinf(asc)] = math.inf
+            self._keys[cache_key] = key
+        elif key is None:
             col = self.column(sort)
             if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
-                key = pa.array(self.numeric(sort) if sort not in ("review_dispute", "review_count")
-                               else np.asarray(col.to_numpy(zero_copy_only=False), float))
-                key = pc.if_else(pc.is_nan(key), -math.inf if descending else math.inf, key)
+                key = np.asarray(pc.fill_null(col.cast(pa.float64()), math.nan).to_numpy(zero_copy_only=False))
             else:
-                key = pc.fill_null(col.cast(pa.string()), "" if descending else "\U0010ffff")
+                rank = pc.rank(col.cast(pa.string()), sort_keys="ascending", tiebreaker="dense")
+                key = np.asarray(rank.to_numpy(), dtype=np.float64)
+                key[np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)] = math.nan
+            key = key.copy()
+            key[~np.isfinite(key)] = math.inf
             self._keys[cache_key] = key
         return key
 
     def page(self, f: Filters, sort: str = "clip_id", descending: bool = False, after: tuple | None = None,
              limit: int = 50, columns: list[str] | None = None) -> dict:
-        """One page: rows after the cursor (sort value, clip_id) in (sort, clip_id) order, the total and the
-        cursor of the next page."""
+        """One page in (sort, row position) order after the cursor [key value, clip_id] of the previous page's
+        last row; also the total matching the filter and the next cursor. No full sort: a partition for the
+        top `limit` of the rows left."""
         limit = max(1, min(int(limit), MAX_LIMIT))
         key = self._sort_key(sort, descending)
         m = self.mask(f)
@@ -260,30 +271,33 @@ class ClipIndex:
         cand = m
         if after is not None:
             value, clip = after
-            if pa.types.is_string(key.type):
-                value = "" if value is None and descending else ("\U0010ffff" if value is None else str(value))
-            else:
-                value = (-math.inf if descending else math.inf) if value is None else float(value)
-            beyond = pc.less(key, value) if descending else pc.greater(key, value)
-            tie = pc.and_(pc.equal(key, value), pc.greater(self.clip_ids, clip))
-            ks = np.asarray(pc.or_(beyond, tie).to_numpy(zero_copy_only=False), dtype=bool)
+            r = self._row_of.get(clip)
+            if r is None:
+                raise QueryError("the page cursor names an unknown clip; start from the first page")
+            v = math.inf if value is None else float(value)
+            rows_after = np.arange(self.n) > r
+            ks = (key > v) | ((key == v) & rows_after)
             cand = ks if cand is None else (cand & ks)
-        if cand is None:
-            sub = pa.table({"k": key, "id": self.clip_ids, "i": pa.array(np.arange(self.n))})
+        idx = np.arange(self.n) if cand is None else np.flatnonzero(cand)
+        vals = key[idx]
+        k = limit + 1  # one more than the page: is there a next page
+        if len(idx) > k:
+            kth = np.partition(vals, k - 1)[k - 1]
+            below = np.flatnonzero(vals < kth)
+            ties = np.flatnonzero(vals == kth)[: k - len(below)]  # idx is ascending: ties in row order
+            chosen = np.concatenate([below, ties])
         else:
-            idx = np.flatnonzero(cand)
-            sub = pa.table({"k": key.take(idx), "id": self.clip_ids.take(idx), "i": pa.array(idx)})
-        order = pc.select_k_unstable(sub, k=min(limit + 1, sub.num_rows),
-                                     sort_keys=[("k", "descending" if descending else "ascending"), ("id", "ascending")])
-        rows_idx = sub.column("i").take(order).to_numpy()
+            chosen = np.arange(len(idx))
+        chosen = chosen[np.lexsort((idx[chosen], vals[chosen]))]
+        rows_idx = idx[chosen]
         more = len(rows_idx) > limit
         rows_idx = rows_idx[:limit]
         rows = self.rows(rows_idx, columns, extra=[sort])
         nxt = None
         if more and len(rows_idx):
             last = int(rows_idx[-1])
-            v = self.column(sort)[last].as_py()
-            nxt = [v, self.clip_ids[last].as_py()]
+            kv = float(key[last])
+            nxt = [None if math.isinf(kv) else kv, self.clip_ids[last].as_py()]
         return {"total": total, "rows": rows, "next": nxt}
 
     def rows(self, idx, columns: list[str] | None = None, extra: list[str] = ()) -> list[dict]:
