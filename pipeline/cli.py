@@ -90,6 +90,10 @@ def status(output, as_json) -> None:
     console.print(f"{report['output']}: shards {s['committed']}/{s['total']} committed, {s['pending']} pending; "
                   f"videos {v['done']}/{v['total']}")
     console.print(f"clips {r['total']}: {r['accepted']} accepted, {r['rejected']} rejected, {r['error']} error")
+    rv = report["reviews"]
+    if rv["records"]:
+        console.print(f"reviews: {rv['clips_reviewed']} clips reviewed, {rv['review_accepted']} accepted, "
+                      f"{rv['review_rejected']} rejected, {rv['caption_edits']} caption edits, {rv['disputed']} disputed")
     if report["pending_shards"]:
         console.print("pending: " + ", ".join(report["pending_shards"][:20])
                       + (" ..." if len(report["pending_shards"]) > 20 else ""))

@@ -118,7 +118,8 @@ async function clipView(id){
   const video=el("video",{id:"player",controls:"",muted:"",preload:"auto",src:"/video/"+encodeURIComponent(row.video_id)});
   video.muted=true;
   video.addEventListener("loadedmetadata",()=>{video.currentTime=start;video.play().catch(()=>{})});
-  video.addEventListener("timeupdate",()=>{if(end!==null&&video.currentTime>=end){video.pause();video.currentTime=end}});
+  // stop on the clip's last frame (end_s is often the next scene's first frame)
+  video.addEventListener("timeupdate",()=>{if(end!==null&&video.currentTime>=end-0.03){video.pause();video.currentTime=Math.max(start,end-0.04)}});
   video.addEventListener("play",()=>{if(end!==null&&video.currentTime>=end-0.05)video.currentTime=start});
   const status=el("div",{},el("b",{class:row.status,text:row.status}),` ${[row.reject_stage,row.reject_rule||row.error_type].filter(Boolean).join(" / ")} `,
     el("span",{class:"muted",text:row.reject_value!==null?`value ${fmt(row.reject_value)} vs ${fmt(row.reject_threshold)}`:(row.error_message||"")}));

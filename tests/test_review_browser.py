@@ -116,6 +116,12 @@ def test_review_filter_play_verdict_by_keyboard_and_persisted(browser, server):
     assert [(r["clip_id"], r["verdict"], r["reason"]) for r in rows] == [
         (clip_id, "reject", "several_people"), (clip_id, "caption", None)]
     assert rows[1]["caption_version"] == 1
+    # status and audit count the review: the clip was accepted by the pipeline and rejected by a person
+    from manifests.audit import audit, status
+
+    assert status(app.store.root)["reviews"]["review_rejected"] == 1
+    rv = audit(app.store.root)["reviews"]
+    assert rv["accepted_review_rejected"] == 1 and rv["accepted_after_review"] == expected["total"] - 1
     page.close()
 
 
