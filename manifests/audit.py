@@ -83,6 +83,7 @@ def audit_with_rows(output: str) -> tuple[dict, list[dict]]:
         "reasons": _reasons(rows),
         "errors": _errors(rows),
         "throughput": _throughput(rows, order, split_at),
+        "tokens": _tokens(table) if table is not None else [],
         "sources": _sources(rows),
         "scores": _scores(table, fields.recipe_params(run_info(store))) if table is not None else [],
         "reviews": reviews.summary(store, {r["clip_id"]: r["status"] for r in rows}),
@@ -188,6 +189,14 @@ def _sources(rows: list[dict]) -> list[dict]:
     return [{"source": name, "videos": len(videos[name]), "clips": sum(c.values()),
              **{k: c.get(k, 0) for k in ("accepted", "rejected", "error")}}
             for name, c in sorted(groups.items())]
+
+
+def _tokens(table) -> list[dict]:
+    """Model tokens per stage and column, where stages record them (caption and MoME calls)."""
+    import pyarrow.compute as pc
+
+    return [{"stage": col.split("_", 1)[0], "column": col, "total": int(pc.sum(table.column(col)).as_py() or 0)}
+            for col in fields.token_columns(table.schema)]
 
 
 HIST_BINS = 20

@@ -231,6 +231,12 @@ def render_html(report: dict, rows: list[dict] | None = None) -> str:
          num(t["seconds"], f"throughput.{i}.seconds"), num(t["per_s"], f"throughput.{i}.per_s")]
         for i, t in enumerate(through)]))
 
+    tokens = report.get("tokens", [])
+    if tokens:
+        out.append("<h3>Model tokens</h3>")
+        out.append(_table(["stage", "column", "total"], [
+            [esc(t["stage"]), esc(t["column"]), num(t["total"], f"tokens.{i}.total")] for i, t in enumerate(tokens)]))
+
     out.append("<h2>By input source</h2>")
     sources = report.get("sources", [])
     out.append(hbars([(x["source"], [(x["accepted"], GREEN), (x["rejected"], AMBER), (x["error"], RED)])
