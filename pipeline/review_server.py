@@ -15,7 +15,6 @@ import os
 import posixpath
 import secrets
 import threading
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -34,6 +33,7 @@ class ReviewApp:
         self.store = self.index.store
         self.token = token or secrets.token_urlsafe(16)
         self.write_lock = threading.Lock()
+        self.loopback = False  # set by make_server
 
     # -- API -----------------------------------------------------------------------------------------------------
     def clips(self, q: dict) -> dict:
@@ -45,7 +45,7 @@ class ReviewApp:
     def add_reviews(self, body: dict) -> dict:
         records = body.get("reviews") if isinstance(body.get("reviews"), list) else [body]
         for r in records:
-            if r.get("clip_id") not in self.index._row_of:
+            if not isinstance(r, dict) or r.get("clip_id") not in self.index._row_of:
                 raise reviews.ReviewError(f"unknown clip {r.get('clip_id')!r}")
         with self.write_lock:
             path = reviews.append_reviews(self.store, records)
@@ -93,10 +93,20 @@ class Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._json({"error": message}, status)
 
+    def _host_ok(self) -> bool:
+        """Bound to loopback, answer only requests addressed to loopback: a web page elsewhere cannot read the
+        app through DNS rebinding (its Host header names its own domain)."""
+        if not self.app.loopback:
+            return True
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
+        return host in ("127.0.0.1", "localhost", "::1")
+
     def do_HEAD(self):
         self.do_GET()
 
     def do_GET(self):
+        if not self._host_ok():
+            return self._error(403, "wrong Host for a server bound to loopback")
         url = urlsplit(self.path)
         q = parse_qs(url.query, keep_blank_values=True)
         path = url.path
@@ -136,6 +146,8 @@ class Handler(BaseHTTPRequestHandler):
             return None
 
     def do_POST(self):
+        if not self._host_ok():
+            return self._error(403, "wrong Host for a server bound to loopback")
         url = urlsplit(self.path)
         if url.path != "/api/reviews":
             return self._error(404, "not found")
@@ -147,6 +159,8 @@ class Handler(BaseHTTPRequestHandler):
             if length > 1 << 20:
                 return self._error(413, "request too large")
             body = json.loads(self.rfile.read(length) or b"{}")
+            if not isinstance(body, dict):
+                return self._error(400, "expected a JSON object")
             return self._json(self.app.add_reviews(body))
         except (ValueError, reviews.ReviewError) as exc:
             return self._error(400, str(exc))
@@ -253,4 +267,5 @@ def make_server(output: str, host: str = "127.0.0.1", port: int = 8765, token: s
     handler = type("BoundHandler", (Handler,), {"app": app})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
+    app.loopback = host in ("127.0.0.1", "localhost", "::1")
     return server, app

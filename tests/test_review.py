@@ -160,5 +160,6 @@ def test_server_serves_only_out_and_the_manifest_videos(server):
     status, headers, data = _req(srv, "GET", f"/video/{vid}", headers={"Range": "bytes=-10"})
     assert status == 206 and data == (bytes(range(256)) * 40)[-10:]
     assert _req(srv, "GET", f"/video/{vid}", headers={"Range": "bytes=99999-"})[0] == 416
+    assert _req(srv, "GET", "/api/meta", headers={"Host": "evil.example:80"})[0] == 403  # DNS rebinding
     status, headers, data = _req(srv, "GET", f"/video/{vid}")
     assert status == 200 and len(data) == 10240 and headers["Accept-Ranges"] == "bytes"
