@@ -8,6 +8,7 @@ browser only ever gets `limit` rows.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections import OrderedDict
@@ -71,6 +72,7 @@ class ClipIndex:
         self.store = Store(output)
         self.lock = threading.Lock()
         committed = committed_shards(self.store)
+        self.run_info = json.loads(self.store.read_bytes("run.json")) if self.store.exists("run.json") else None
         self.shards = sorted(committed)
         self.table = self._load(threads)
         schema = self.table.schema
@@ -84,6 +86,8 @@ class ClipIndex:
         uris = self.table.column("video_uri").to_pylist()
         self.videos = dict(zip(self.table.column("video_id").to_pylist(), uris))
         self._masks: OrderedDict = OrderedDict()
+        self._review_files: set[str] = set()
+        self.review_rows: list[dict] = []
         self._keys: dict = {}
         self._numeric: dict[str, np.ndarray] = {}
         self.hist_edges = {c: self._edges(c) for c in self.score_columns}
@@ -126,7 +130,11 @@ class ClipIndex:
     # -- reviews -------------------------------------------------------------------------------------------------
     def refresh_reviews(self) -> None:
         """Review state as columns beside the manifest columns: latest verdict and how disputed a clip is."""
-        rows = reviews.read_reviews(self.store).to_pylist()
+        # only the files written since the last refresh: one write is one new file
+        with self.lock:
+            new = [n for n in reviews.review_files(self.store) if n not in self._review_files]
+            self._review_files.update(new)
+            rows = sorted(self.review_rows + reviews.read_reviews(self.store, new).to_pylist(), key=lambda r: r["time"])
         verdicts, dispute = reviews.clip_verdicts(rows), reviews.disputes(rows)
         counts: dict[str, int] = {}
         for r in rows:
@@ -399,7 +407,9 @@ class ClipIndex:
                 "score_columns": self.score_columns, "caption_columns": self.caption_columns,
                 "mome_columns": self.mome_columns, "reasons": list(reviews.REASONS),
                 "sort_columns": ["clip_id", "video_uri", "start_s", "status"] + self.score_columns
-                + ["review_dispute", "review_count"]}
+                + ["review_dispute", "review_count"],
+                "thresholds": {c: fields.thresholds_for(c, fields.recipe_params(self.run_info))
+                               for c in self.score_columns}}
 
 
 def _clean(v):

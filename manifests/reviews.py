@@ -81,8 +81,13 @@ def append_reviews(store: Store, records: list[dict]) -> str:
     return name
 
 
-def read_reviews(store: Store) -> pa.Table:
-    files = [n for n in store.list(REVIEW_DIR) if n.endswith(".parquet")]
+def review_files(store: Store) -> list[str]:
+    return [n for n in store.list(REVIEW_DIR) if n.endswith(".parquet")]
+
+
+def read_reviews(store: Store, files: list[str] | None = None) -> pa.Table:
+    """Every record (or those of the given files), in time order."""
+    files = review_files(store) if files is None else files
     tables = [pq.read_table(io.BytesIO(store.read_bytes(f"{REVIEW_DIR}/{n}"))) for n in files]
     if not tables:
         return REVIEW_SCHEMA.empty_table()

@@ -95,15 +95,23 @@ async function listView(){
   more.addEventListener("click",page);
   await page();
   const hcol=m.score_columns.includes(sort)?sort:(p.get("rcol")||m.score_columns[0]);
-  if(hcol){const q=currentParams();q.set("col",hcol);drawHist(hist,await api("/api/hist?"+q))}
+  if(hcol){const q=currentParams();q.set("col",hcol);drawHist(hist,await api("/api/hist?"+q),m.thresholds[hcol]||[])}
+  const rs=await api("/api/reviews"), ag=el("div",{id:"agreement",class:"muted"});
+  ag.textContent=`reviews: ${rs.records} records on ${rs.clips_reviewed} clips by ${rs.reviewers.length} reviewer(s), ${rs.disputed} disputed`+
+    rs.agreement.map(a=>`; ${a.reviewers.join("/")}: ${a.clips} shared, agreement ${fmt(a.agreement)}, kappa ${fmt(a.kappa)}`).join("");
+  hist.after(ag);
   async function loadQueue(kind){const q=currentParams();q.set("kind",kind);q.set("n","50");q.set("col",hcol||"");q.set("seed",String(Date.now()%100000));
     const r=await api("/api/queue?"+q);if(!r.clip_ids.length){say("queue empty");return}
     sessionStorage.setItem("actcurate-nav",JSON.stringify(r.clip_ids));say(`${kind} queue: ${r.clip_ids.length} clips`);openClip(r.clip_ids[0],r.clip_ids)}
 }
-function drawHist(box,h){const W=520,H=110,n=h.counts.length,peak=Math.max(1,...h.counts);const ns="http://www.w3.org/2000/svg";
+function drawHist(box,h,thresholds){const W=520,H=110,n=h.counts.length,peak=Math.max(1,...h.counts);const ns="http://www.w3.org/2000/svg";
   const svg=document.createElementNS(ns,"svg");svg.setAttribute("width",W);svg.setAttribute("height",H+18);svg.id="histsvg";
   h.counts.forEach((c,i)=>{const r=document.createElementNS(ns,"rect");const bh=H*c/peak;r.setAttribute("x",i*W/n+1);r.setAttribute("y",H-bh);r.setAttribute("width",W/n-2);r.setAttribute("height",bh);r.setAttribute("fill","#1565c0");
     const t=document.createElementNS(ns,"title");t.textContent=`[${fmt(h.edges[i])}, ${fmt(h.edges[i+1])}): ${c}`;r.append(t);svg.append(r)});
+  const lo=h.edges[0],hi=h.edges[n];
+  for(const t of thresholds){if(t.value<lo||t.value>hi)continue;const x=W*(t.value-lo)/(hi-lo),ln=document.createElementNS(ns,"line");
+    for(const[k,v]of Object.entries({x1:x,x2:x,y1:0,y2:H,stroke:"#c62828","stroke-width":2,"stroke-dasharray":"4 2",class:"threshold"}))ln.setAttribute(k,v);
+    const tt=document.createElementNS(ns,"title");tt.textContent=`${t.stage}.${t.param} = ${t.value}`;ln.append(tt);svg.append(ln)}
   const lab=document.createElementNS(ns,"text");lab.setAttribute("y",H+14);lab.setAttribute("font-size","11");lab.textContent=`${h.column}: ${fmt(h.edges[0])} … ${fmt(h.edges[n])} (${h.count} values)`;svg.append(lab);
   box.replaceChildren(svg)}
 function go(url){history.pushState(null,"",url);route()}

@@ -70,6 +70,8 @@ def test_review_filter_play_verdict_by_keyboard_and_persisted(browser, server):
     page.wait_for_function("document.querySelectorAll('#clips tr.row').length > 0 && location.search.includes('status=accepted')")
     assert "sort=motion_score" in page.url and "order=desc" in page.url
     page.wait_for_function("document.querySelectorAll('#histsvg rect').length == 20")
+    assert page.locator("#histsvg line.threshold").count() == 1  # motion.min_flow (max_flow is off the range)
+    assert "reviews: 0 records" in page.text_content("#agreement")
     statuses = page.eval_on_selector_all("#clips tr.row td:nth-child(3)", "els => els.map(e => e.textContent)")
     expected = app.index.page(Filters(status=["accepted"]))
     assert statuses == ["accepted"] * expected["total"] and expected["total"] >= 2
