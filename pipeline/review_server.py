@@ -117,6 +117,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send(200, PAGE.encode(), "text/html; charset=utf-8",
                                   {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                    "style-src 'unsafe-inline'; script-src 'unsafe-inline'; media-src 'self'"})
+            if path == "/favicon.ico":
+                return self._send(204, b"", "image/x-icon")
             if path == "/api/meta":
                 return self._json(self.app.index.meta())
             if path == "/api/clips":
@@ -263,6 +265,12 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 def make_server(output: str, host: str = "127.0.0.1", port: int = 8765, token: str | None = None
                 ) -> tuple[ThreadingHTTPServer, ReviewApp]:
+    from pipeline.errors import UserError
+    from pipeline.plan import read_plan
+    from pipeline.storage import Store
+
+    if read_plan(Store(output)) is None:
+        raise UserError(f"{output} is not an actcurate output (no plan/plan.json); run `actcurate run` first")
     app = ReviewApp(output, token)
     handler = type("BoundHandler", (Handler,), {"app": app})
     server = ThreadingHTTPServer((host, port), handler)
