@@ -90,6 +90,10 @@ def generate(out: Path, rows: int, shards: int) -> None:
         record = {"shard_id": name, "manifest": f"manifests/{name}.parquet", "manifest_bytes": len(data),
                   "manifest_sha256": hashlib.sha256(data).hexdigest(), "rows": per}
         (out / "commits" / f"{name}.json").write_text(json.dumps(record))
+    # a plan without videos: the review app and the audit only need it to recognise an output
+    pq.write_table(pa.table({"uri": pa.array([], pa.string()), "video_id": pa.array([], pa.string()),
+                             "shard_id": pa.array([], pa.string()), "order": pa.array([], pa.int64())}),
+                   out / "plan" / "videos.parquet")
     (out / "plan" / "plan.json").write_text(json.dumps({"input": "generated", "shard_size": 1, "videos": 0,
                                                         "shards": shards}))
 
