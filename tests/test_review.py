@@ -163,3 +163,39 @@ def test_server_serves_only_out_and_the_manifest_videos(server):
     assert _req(srv, "GET", "/api/meta", headers={"Host": "evil.example:80"})[0] == 403  # DNS rebinding
     status, headers, data = _req(srv, "GET", f"/video/{vid}")
     assert status == 200 and len(data) == 10240 and headers["Accept-Ranges"] == "bytes"
+
+
+def test_review_server_on_an_s3_output(tmp_path, monkeypatch):
+    """OUT and the source video on S3 (a moto server): pages, a range request on the video, a verdict written."""
+    from s3server import MotoServer
+
+    from pipeline.review_server import make_server
+
+    out = tmp_path / "out"
+    _bench().generate(out, 300, 3)
+    video = tmp_path / "v.mp4"
+    video.write_bytes(bytes(range(256)) * 8)
+    with MotoServer() as s3:
+        for k, v in s3.env.items():
+            monkeypatch.setenv(k, v)
+        s3.create_bucket("cur")
+        for path in out.rglob("*"):
+            if path.is_file():
+                s3.upload("cur", f"out/{path.relative_to(out)}", path)
+        s3.upload("cur", "raw/v.mp4", video)
+        srv, app = make_server("s3://cur/out", "127.0.0.1", 0, token="t")
+        vid = next(iter(app.index.videos))
+        app.index.videos[vid] = "s3://cur/raw/v.mp4"
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            page = json.loads(_req(srv, "GET", "/api/clips?sort=motion_score&order=desc&limit=5")[2])
+            assert page["total"] == 300 and len(page["rows"]) == 5
+            status, headers, data = _req(srv, "GET", f"/video/{vid}", headers={"Range": "bytes=10-19"})
+            assert status == 206 and data == bytes(range(10, 20)) and headers["Content-Range"] == "bytes 10-19/2048"
+            assert _req(srv, "GET", "/out/plan/plan.json")[0] == 404  # files of an S3 OUT are not served
+            body = json.dumps({"clip_id": page["rows"][0]["clip_id"], "reviewer": "ann", "verdict": "accept"})
+            assert _req(srv, "POST", "/api/reviews", body, {"X-Review-Token": "t"})[0] == 200
+            assert len(Store("s3://cur/out").list("reviews")) == 1
+        finally:
+            srv.shutdown()
+            srv.server_close()
