@@ -86,6 +86,7 @@ class ClipIndex:
         uris = self.table.column("video_uri").to_pylist()
         self.videos = dict(zip(self.table.column("video_id").to_pylist(), uris))
         self._masks: OrderedDict = OrderedDict()
+        self._conds: OrderedDict = OrderedDict()
         self._review_files: set[str] = set()
         self.review_rows: list[dict] = []
         self._keys: dict = {}
@@ -196,20 +197,41 @@ class ClipIndex:
                 self._masks.popitem(last=False)
         return m
 
+    def _cached(self, key: tuple, compute) -> np.ndarray:
+        """One condition's mask, cached on its own: a reviewer changes one filter at a time, so the others (a text
+        search over every caption above all) are not computed again."""
+        with self.lock:
+            if key in self._conds:
+                self._conds.move_to_end(key)
+                return self._conds[key]
+        m = compute()
+        with self.lock:
+            self._conds[key] = m
+            while len(self._conds) > 128:
+                self._conds.popitem(last=False)
+        return m
+
     def _compute_mask(self, f: Filters) -> np.ndarray | None:
         conds = []
 
         def arrow(expr) -> np.ndarray:
             return np.asarray(pc.fill_null(expr, False).to_numpy(zero_copy_only=False), dtype=bool)
 
+        def text_hits() -> np.ndarray:
+            hit = np.zeros(self.n, bool)
+            for col in self.text_columns:
+                hit |= arrow(pc.match_substring(self.column(col), f.text, ignore_case=True))
+            return hit
+
         if f.status:
-            conds.append(arrow(pc.is_in(self.column("status"), value_set=pa.array(f.status))))
+            conds.append(self._cached(("status", tuple(sorted(f.status))), lambda: arrow(
+                pc.is_in(self.column("status"), value_set=pa.array(f.status)))))
         if f.stage:
-            conds.append(arrow(pc.or_(pc.equal(self.column("reject_stage"), f.stage),
-                                      pc.equal(self.column("error_stage"), f.stage))))
+            conds.append(self._cached(("stage", f.stage), lambda: arrow(pc.or_(
+                pc.equal(self.column("reject_stage"), f.stage), pc.equal(self.column("error_stage"), f.stage)))))
         if f.rule:
-            conds.append(arrow(pc.or_(pc.equal(self.column("reject_rule"), f.rule),
-                                      pc.equal(self.column("error_type"), f.rule))))
+            conds.append(self._cached(("rule", f.rule), lambda: arrow(pc.or_(
+                pc.equal(self.column("reject_rule"), f.rule), pc.equal(self.column("error_type"), f.rule)))))
         if f.video:
             conds.append(arrow(pc.equal(self.column("video_id"), f.video)))
         for col, (lo, hi) in f.ranges.items():
@@ -222,11 +244,8 @@ class ClipIndex:
                     c &= values <= hi
             conds.append(c)
         if f.text:
-            hit = np.zeros(self.n, bool)
-            for col in self.text_columns:
-                hit |= arrow(pc.match_substring(self.column(col), f.text, ignore_case=True))
-            conds.append(hit)
-        if f.review:
+            conds.append(self._cached(("text", f.text.lower()), text_hits))
+        if f.review:  # not cached on its own: reviews change it
             verdict = self.review_verdict
             if f.review in ("accept", "reject"):
                 conds.append(arrow(pc.equal(verdict, f.review)))
@@ -238,9 +257,9 @@ class ClipIndex:
                 raise QueryError("review must be accept, reject, none or disputed")
         if not conds:
             return None
-        m = conds[0]
+        m = conds[0].copy()
         for c in conds[1:]:
-            m = m & c
+            m &= c
         return m
 
     # -- pages ---------------------------------------------------------------------------------------------------
