@@ -199,3 +199,27 @@ def test_review_server_on_an_s3_output(tmp_path, monkeypatch):
         finally:
             srv.shutdown()
             srv.server_close()
+
+
+def test_html_report_is_self_contained_and_its_numbers_are_the_json(big_out, tmp_path):
+    """Without a browser: no external resource, and every number tagged with its JSON path equals the report's."""
+    import re
+
+    from manifests.audit import _fmt, audit
+    from manifests.report import write_report
+
+    path = tmp_path / "r.html"
+    report = write_report(str(big_out), str(path))
+    assert report == json.loads(json.dumps(audit(str(big_out))))
+    page = path.read_text()
+    assert not re.search(r"""(src|href)=['"]?(https?:)?//""", page) and "<link" not in page
+    tagged = re.findall(r"<span data-k='([^']+)'>([^<]*)</span>", page)
+    assert len(tagged) > 20
+    for key, text in tagged:
+        value = report
+        for part in key.split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        assert text == _fmt(value), key
+    embedded = re.search(r"<script type='application/json' id='audit-json'>(.*?)</script>", page, re.S).group(1)
+    assert json.loads(embedded) == json.loads(json.dumps(report))
+    assert page.count("class='chart hist'") == len(report["scores"]) >= 5
