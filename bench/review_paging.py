@@ -145,9 +145,9 @@ def main() -> None:
     for i in range(args.pages):
         # a new filter every third request (uncached mask), then two keyset pages after it
         if i % 3 == 0:
-            params = {"status": rng.choice(["accepted", "rejected", "accepted,rejected"]),
+            params = {"status": str(rng.choice(["accepted", "rejected", "accepted,rejected"])),
                       "min.motion_score": f"{rng.uniform(0, 0.02):.4f}", "max.ocr_text_boxes": str(rng.integers(0, 3)),
-                      "sort": sorts[i // 3 % len(sorts)], "order": rng.choice(["asc", "desc"]), "limit": "50"}
+                      "sort": sorts[i // 3 % len(sorts)], "order": str(rng.choice(["asc", "desc"])), "limit": "50"}
             if i % 9 == 0:
                 params["q"] = str(rng.choice(WORDS[4:]))
             cursor = None
