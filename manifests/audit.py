@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import html
 import json
 import statistics
 from collections import Counter, defaultdict
 from typing import Any
 
+from manifests import fields, reviews
 from manifests.io import read_manifests
 from pipeline.commits import committed_shards
 from pipeline.errors import UserError
@@ -32,12 +32,15 @@ def status(output: str) -> dict:
     for record in committed.values():
         counts.update(record.get("status_counts", {}))
     done_videos = sum(record.get("videos", 0) for record in committed.values())
+    review = reviews.summary(store)
     return {
         "output": store.root,
         "videos": {"total": len(plan.videos), "done": done_videos},
         "shards": {"total": len(shards), "committed": len(committed), "pending": len(shards) - len(committed)},
         "pending_shards": [s for s in shards if s not in committed],
         "clips": {"total": sum(counts.values()), **{k: counts.get(k, 0) for k in ("accepted", "rejected", "error")}},
+        "reviews": {k: review[k] for k in ("records", "clips_reviewed", "review_accepted", "review_rejected",
+                                           "caption_edits", "disputed")},
     }
 
 
@@ -51,16 +54,27 @@ def _stage_order(store: Store, table) -> tuple[list[str], str | None]:
     return json.loads(meta.get(b"stages", b"[]")), json.loads(meta.get(b"split_stage", b"null"))
 
 
+def run_info(store: Store) -> dict | None:
+    return json.loads(store.read_bytes("run.json")) if store.exists("run.json") else None
+
+
 def audit(output: str) -> dict:
+    return audit_with_rows(output)[0]
+
+
+def audit_with_rows(output: str) -> tuple[dict, list[dict]]:
+    """The report, and the manifests' core columns it was counted from (the HTML report's thumbnails use them)."""
     store, plan = _open(output)
     committed = committed_shards(store)
     table = read_manifests(store, sorted(committed))
-    rows = table.to_pylist() if table is not None else []
+    # the audit's counts need only the core columns and timings (stage columns hold nested per-frame lists)
+    core = [c for c in table.column_names if c in fields.CORE_COLUMNS or c == "timings"] if table is not None else []
+    rows = table.select(core).to_pylist() if table is not None else []
     order, split_stage = _stage_order(store, table) if table is not None else ([], None)
     split_at = order.index(split_stage) if split_stage in order else None
     shards = plan.shard_ids
     statuses = Counter(r["status"] for r in rows)
-    return {
+    report = {
         "output": store.root,
         "videos": {"total": len(plan.videos), "done": len({r["video_id"] for r in rows})},
         "clips": {"total": len(rows), **{k: statuses.get(k, 0) for k in ("accepted", "rejected", "error")}},
@@ -69,7 +83,12 @@ def audit(output: str) -> dict:
         "reasons": _reasons(rows),
         "errors": _errors(rows),
         "throughput": _throughput(rows, order, split_at),
+        "tokens": _tokens(table) if table is not None else [],
+        "sources": _sources(rows),
+        "scores": _scores(table, fields.recipe_params(run_info(store))) if table is not None else [],
+        "reviews": reviews.summary(store, {r["clip_id"]: r["status"] for r in rows}),
     }
+    return report, rows
 
 
 def _death_index(row: dict, order: list[str]) -> int:
@@ -154,6 +173,68 @@ def _throughput(rows: list[dict], order: list[str], split_at: int | None) -> lis
     return out
 
 
+def _sources(rows: list[dict]) -> list[dict]:
+    """Clips by input source: the folder (or bucket prefix) a video came from, relative to what they share."""
+    import posixpath
+
+    folders = {r["video_uri"]: posixpath.dirname(r["video_uri"]) for r in rows}
+    common = posixpath.commonpath(list(folders.values())) if len(set(folders.values())) > 1 else ""
+    groups: dict[str, Counter] = defaultdict(Counter)
+    videos: dict[str, set] = defaultdict(set)
+    for r in rows:
+        folder = folders[r["video_uri"]]
+        name = (folder[len(common):].lstrip("/") or ".") if common else folder
+        groups[name][r["status"]] += 1
+        videos[name].add(r["video_id"])
+    return [{"source": name, "videos": len(videos[name]), "clips": sum(c.values()),
+             **{k: c.get(k, 0) for k in ("accepted", "rejected", "error")}}
+            for name, c in sorted(groups.items())]
+
+
+def _tokens(table) -> list[dict]:
+    """Model tokens per stage and column, where stages record them (caption and MoME calls)."""
+    import pyarrow.compute as pc
+
+    return [{"stage": col.split("_", 1)[0], "column": col, "total": int(pc.sum(table.column(col)).as_py() or 0)}
+            for col in fields.token_columns(table.schema)]
+
+
+HIST_BINS = 20
+
+
+def _scores(table, params: dict[str, dict]) -> list[dict]:
+    """A histogram per numeric score column (all rows that carry it, and the accepted ones), with every threshold
+    the recipe sets on it; bins span the values and the thresholds."""
+    import numpy as np
+
+    out = []
+    accepted = np.asarray(table.column("status").to_numpy(zero_copy_only=False) == "accepted")
+    for col in fields.score_columns(table.schema):
+        if col == "duration_s":
+            arr = (np.asarray(table.column("end_s").to_numpy(zero_copy_only=False), dtype=float)
+                   - np.asarray(table.column("start_s").to_numpy(zero_copy_only=False), dtype=float))
+        else:
+            arr = np.asarray(table.column(col).to_numpy(zero_copy_only=False), dtype=float)
+        ok = np.isfinite(arr)
+        if not ok.any():
+            continue
+        values, acc = arr[ok], accepted[ok]
+        thresholds = fields.thresholds_for(col, params)
+        lo = min([values.min()] + [t["value"] for t in thresholds])
+        hi = max([values.max()] + [t["value"] for t in thresholds])
+        if hi <= lo:
+            hi = lo + 1.0
+        edges = np.linspace(lo, hi, HIST_BINS + 1)
+        counts, _ = np.histogram(values, edges)
+        counts_acc, _ = np.histogram(values[acc], edges)
+        out.append({"column": col, "stage": col.split("_", 1)[0] if col != "duration_s" else "clip",
+                    "count": int(ok.sum()), "min": float(values.min()), "max": float(values.max()),
+                    "median": float(np.median(values)), "edges": [float(e) for e in edges],
+                    "counts": [int(c) for c in counts], "accepted": [int(c) for c in counts_acc],
+                    "thresholds": thresholds})
+    return out
+
+
 # -- rendering --------------------------------------------------------------------------------------------------------
 def render_text(report: dict, console) -> None:
     from rich.table import Table
@@ -194,27 +275,12 @@ def render_text(report: dict, console) -> None:
     for t in report["throughput"]:
         through.add_row(t["stage"], f"{t['count']} {t['unit']}", f"{t['seconds']:.2f}", _fmt(t["per_s"]))
     console.print(through)
-
-
-def render_html(report: dict) -> str:
-    def table(title: str, items: list[dict]) -> str:
-        if not items:
-            return f"<h2>{html.escape(title)}</h2><p>none</p>"
-        keys = list(items[0])
-        head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(i.get(k)))}</td>" for k in keys) + "</tr>"
-                       for i in items)
-        return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
-
-    summary = {k: report[k] for k in ("videos", "clips", "shards")}
-    parts = [table(name, report[name]) for name in ("funnel", "reasons", "errors", "throughput")]
-    return (
-        "<!doctype html><meta charset='utf-8'><title>actcurate audit</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style>"
-        f"<h1>actcurate audit</h1><p>{html.escape(report['output'])}</p>"
-        f"<pre>{html.escape(json.dumps(summary, indent=2))}</pre>" + "".join(parts)
-    )
+    rv = report.get("reviews") or {}
+    if rv.get("records"):
+        console.print(f"reviews: {rv['clips_reviewed']} clips reviewed by {len(rv['reviewers'])} reviewer(s): "
+                      f"{rv['review_accepted']} accepted, {rv['review_rejected']} rejected, "
+                      f"{rv['caption_edits']} caption edits, {rv['disputed']} disputed; "
+                      f"{rv['accepted_after_review']} accepted clips left after review")
 
 
 def _fmt(value) -> str:

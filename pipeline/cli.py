@@ -90,6 +90,10 @@ def status(output, as_json) -> None:
     console.print(f"{report['output']}: shards {s['committed']}/{s['total']} committed, {s['pending']} pending; "
                   f"videos {v['done']}/{v['total']}")
     console.print(f"clips {r['total']}: {r['accepted']} accepted, {r['rejected']} rejected, {r['error']} error")
+    rv = report["reviews"]
+    if rv["records"]:
+        console.print(f"reviews: {rv['clips_reviewed']} clips reviewed, {rv['review_accepted']} accepted, "
+                      f"{rv['review_rejected']} rejected, {rv['caption_edits']} caption edits, {rv['disputed']} disputed")
     if report["pending_shards"]:
         console.print("pending: " + ", ".join(report["pending_shards"][:20])
                       + (" ..." if len(report["pending_shards"]) > 20 else ""))
@@ -101,15 +105,34 @@ def status(output, as_json) -> None:
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write an HTML report.")
 def audit(output, as_json, html_file) -> None:
     """The funnel, rejection reasons with their values and thresholds, errors and throughput."""
-    from manifests.audit import audit as get_audit, render_html, render_text
+    from manifests.audit import audit as get_audit, render_text
+    from manifests.report import write_report
 
-    report = get_audit(output)
-    if html_file:
-        Path(html_file).write_text(render_html(report), encoding="utf-8")
+    report = write_report(output, html_file) if html_file else get_audit(output)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         render_text(report, console)
+
+
+@main.command()
+@click.argument("output")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (another one exposes the app).")
+@click.option("--port", default=8765, show_default=True, type=int, help="Port (0: any free port).")
+@click.option("--token", envvar="ACTCURATE_REVIEW_TOKEN", help="Write token (default: a new random one).")
+def review(output, host, port, token) -> None:
+    """Review clips in the browser: filter, play, accept / reject / edit captions (saved under OUT/reviews/)."""
+    from pipeline.review_server import make_server
+
+    server, app = make_server(output, host, port, token)
+    url_host = host if ":" not in host else f"[{host}]"
+    console.print(f"review app for {app.store.root}: {app.index.n} clips in {len(app.index.shards)} shards")
+    console.print(f"write token: {app.token}")
+    console.print(f"open http://{url_host}:{server.server_address[1]}/?token={app.token}", soft_wrap=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
 
 
 @main.group()
