@@ -1,0 +1,268 @@
+"""The caption stage: one VLM caption per clip in a style's JSON schema, rendered to prose, on the frames the scenes
+stage kept. Calls go out concurrently (bounded per worker) from an asyncio loop inside the Ray actor."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import cv2
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from pipeline.calls import CallLedger
+from pipeline.clip import Clip
+from pipeline.stage import FrameRequest, Resources, Stage
+from stages.caption.caller import BLOCKED, ERROR, Caller, CallResult
+from stages.caption.client import EndpointParams, OpenAIClient, Request
+from stages.caption.styles import STYLES, Style
+
+
+class CaptionFailed(Exception):
+    """A clip's model call ended without a usable answer (its error row says why)."""
+
+
+class VlmParams(EndpointParams):
+    """What every model-calling stage shares beyond one endpoint: the style, the frames, the load it may put on
+    the endpoints."""
+
+    style: Literal["haic", "hmi", "hoigen", "actionart"] = "haic"
+    fps: float = Field(2.0, gt=0)  # frames asked from scenes (Cosmos-Curate and NeMo sample 2 fps)
+    max_side: int = Field(448, ge=64)  # long side of the frames sent (Qwen2.5-VL's 448 px tiles)
+    max_frames: int = Field(8, ge=1)  # spread evenly over the clip
+    ground_on_pose: bool = False  # put the pose stage's facts (people, positions, motion) into the prompt
+    # |caption num_people - detected persons| above this rejects (rule person_count); None: off. Needs pose.
+    max_person_count_diff: int | None = Field(None, ge=0)
+    concurrency: int = Field(16, ge=1)  # requests in flight per worker
+    workers: int | None = Field(None, ge=1)  # actors at most; the cluster-wide bound is workers x concurrency
+    batch_size: int = Field(8, ge=1)  # rows (videos) a worker takes at once; their clips are captioned together
+
+
+class CaptionParams(VlmParams):
+    keyframes: Literal["uniform", "pose"] = "uniform"  # pose: the pose stage's pose-diverse keyframes (HMI)
+
+
+@dataclass
+class Frames:
+    """The frames a clip's calls send: indices into the clip's kept frames, their times, JPEG bytes, one hash."""
+
+    indices: list[int]
+    times: list[float]
+    jpegs: list[bytes]
+    digest: str
+
+
+def encode_frames(clip: Clip, indices: list[int], max_side: int, quality: int) -> Frames:
+    if clip.frames is None or not indices:
+        raise CaptionFailed("the clip has no kept frames to send")
+    jpegs = []
+    for i in indices:
+        frame = clip.frames[i]
+        h, w = frame.shape[:2]
+        if max(h, w) > max_side:
+            scale = max_side / max(h, w)
+            frame = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frame[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise CaptionFailed(f"could not encode kept frame {i} as JPEG")
+        jpegs.append(buf.tobytes())
+    digest = hashlib.sha256()
+    for i, jpeg in zip(indices, jpegs):
+        digest.update(f"{i}:{len(jpeg)}:".encode())
+        digest.update(jpeg)
+    times = [float(clip.frame_times[i]) for i in indices]
+    return Frames(list(indices), times, jpegs, digest.hexdigest()[:16])
+
+
+def pose_facts(clip: Clip) -> str:
+    """The pose stage's facts as prompt lines: who the detector saw, where, and how they moved."""
+    cols = clip.columns
+    lines = []
+    per_frame = cols.get("pose_persons_per_frame") or []
+    if cols.get("pose_persons_max") is not None:
+        typical = int(np.median(per_frame)) if per_frame else cols["pose_persons_max"]
+        lines.append(f"- people detected: {typical} on a typical frame, {cols['pose_persons_max']} at most")
+    record = cols.get("pose_record") or []
+    if record and record[0].get("persons"):
+        xs = sorted(((p["box"][0] + p["box"][2]) / 2) for p in record[0]["persons"] if p.get("box"))
+        where = ["left" if x < 0.4 else "right" if x > 0.6 else "centre" for x in xs]
+        if where:
+            lines.append(f"- positions on the first keyframe, left to right: {', '.join(where)}")
+    lines += [f"- {fact}" for fact in (cols.get("pose_motion_facts") or [])[:12]]
+    if not lines:
+        return ""
+    return "\nFacts from a pose detector (trust them for counts and positions):\n" + "\n".join(lines) + "\n"
+
+
+def detected_people(clip: Clip) -> int | None:
+    value = clip.columns.get("pose_persons_max")
+    return None if value is None else int(value)
+
+
+class VlmStage(Stage):
+    """Shared machinery of the model-calling stages: clients per role, the call records, the event loop."""
+
+    Params = VlmParams
+    actor = True
+    resources = Resources(cpus=0.5, batch_size=8)
+
+    def style(self) -> Style:
+        return STYLES[self.params.style]
+
+    def endpoints(self) -> dict[str, EndpointParams]:
+        """Role -> endpoint this stage calls."""
+        raise NotImplementedError
+
+    def requirements(self) -> tuple[str, ...]:
+        p = self.params
+        needs = list(self.requires)
+        if p.ground_on_pose:
+            needs.append("pose_persons_max")
+        if p.max_person_count_diff is not None:
+            needs.append("pose_persons_max")
+        return tuple(dict.fromkeys(needs))
+
+    def frame_request(self) -> FrameRequest:
+        return FrameRequest(self.params.fps, self.params.max_side)
+
+    def resources_for(self, cluster_gpus: float) -> Resources:
+        # an HTTP client: no GPU whatever the cluster has; its load on the endpoints is workers x concurrency
+        return self.resources.model_copy(update={"batch_size": self.params.batch_size,
+                                                 "max_workers": self.params.workers})
+
+    def can_use_gpu(self) -> bool:
+        return False
+
+    def preflight(self) -> None:
+        for role, endpoint in self.endpoints().items():
+            OpenAIClient(endpoint, 1, role).check()
+
+    def setup(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        concurrency = self.params.concurrency
+        clients = {role: OpenAIClient(ep, concurrency, role) for role, ep in self.endpoints().items()}
+        # the semaphore belongs to the loop that runs every batch of this worker
+        self.caller = Caller(CallLedger(self.context.output), asyncio.Semaphore(concurrency), clients)
+
+    def process(self, clips: list[Clip]) -> list[Clip]:
+        if not hasattr(self, "loop"):
+            self.setup()
+        self.loop.run_until_complete(self._all(clips))
+        return clips
+
+    async def _all(self, clips: list[Clip]) -> None:
+        await asyncio.gather(*(self._guarded(c) for c in clips if c.alive))
+
+    async def _guarded(self, clip: Clip) -> None:
+        try:
+            await self.process_clip_async(clip)
+        except Exception as exc:  # one clip's failure is its error row; its batch siblings go on
+            clip.fail(self.name, exc)
+
+    async def process_clip_async(self, clip: Clip) -> None:
+        raise NotImplementedError
+
+    def prompt(self, clip: Clip, name: str = "caption", **slots: str) -> str:
+        text = self.style().prompt(name) if name == "caption" else _template(name)
+        facts = pose_facts(clip) if self.params.ground_on_pose else ""
+        for slot, value in {"facts": facts, **slots}.items():
+            text = text.replace("{" + slot + "}", value)
+        return text
+
+    async def ask(self, clip: Clip, role: str, expert: str, text: str, frames: Frames | None,
+                  parse, schema: type[BaseModel], schema_name: str) -> CallResult:
+        request = Request(text=text, images=frames.jpegs if frames else [], frame_times=frames.times if frames else [],
+                          schema_name=schema_name, schema=schema.model_json_schema())
+        extra = {"frame_indices": frames.indices, "frame_times": frames.times} if frames else {}
+        return await self.caller.call(self.caller.clients[role], clip.clip_id, expert, request,
+                                      frames.digest if frames else "none", parse, extra)
+
+    def check_people(self, clip: Clip, caption: BaseModel) -> None:
+        claimed = self.style().people(caption)
+        detected = detected_people(clip)
+        if self.params.max_person_count_diff is None or claimed is None or detected is None:
+            return
+        self.at_most(clip, "person_count", abs(claimed - detected), self.params.max_person_count_diff)
+
+
+def _template(name: str) -> str:
+    from pipeline.resources import prompt_text
+
+    return prompt_text("mome", name)
+
+
+def parse_with(style: Style):
+    def parse(text: str) -> BaseModel:
+        return style.parse(text)
+
+    return parse
+
+
+class CaptionStage(VlmStage):
+    name = "caption"
+    Params = CaptionParams
+    requires = ("scenes",)
+    columns: ClassVar[dict[str, pa.DataType]] = {
+        "caption_text": pa.string(),  # prose, rendered from caption_json
+        "caption_json": pa.string(),  # the style's JSON as the model wrote it (validated)
+        "caption_style": pa.string(),
+        "caption_model": pa.string(),
+        "caption_outcome": pa.string(),  # success | truncated | blocked | error
+        "caption_prompt_hash": pa.string(),
+        "caption_frames_hash": pa.string(),
+        "caption_frame_indices": pa.list_(pa.int32()),  # into the clip's kept frames (scenes_kept_frame_times)
+        "caption_frame_times": pa.list_(pa.float64()),
+        "caption_prompt_tokens": pa.int64(),
+        "caption_output_tokens": pa.int64(),
+        "caption_thinking_tokens": pa.int64(),
+        "caption_latency_s": pa.float64(),
+        "caption_attempts": pa.int32(),  # completions paid for (new seeds after invalid or degenerate output)
+        "caption_cached": pa.bool_(),  # answered from OUT/calls (a resumed run): nothing paid this time
+    }
+    rules: ClassVar[dict[str, str]] = {
+        "blocked": "the model's safety filter blocked the caption",
+        "person_count": "the caption's number of people differs from the pose detector's by more than allowed",
+    }
+
+    def requirements(self) -> tuple[str, ...]:
+        extra = ("pose_keyframe_indices",) if self.params.keyframes == "pose" else ()
+        return tuple(dict.fromkeys(super().requirements() + extra))
+
+    def endpoints(self) -> dict[str, EndpointParams]:
+        fields = EndpointParams.model_fields
+        return {self.name: EndpointParams(**{k: getattr(self.params, k) for k in fields})}
+
+    def pick_indices(self, clip: Clip) -> list[int]:
+        p = self.params
+        if p.keyframes == "pose" and clip.columns.get("pose_keyframe_indices"):
+            chosen = list(clip.columns["pose_keyframe_indices"])
+            if len(chosen) > p.max_frames:
+                chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, p.max_frames).round().astype(int)]
+            return [int(i) for i in chosen]
+        return self.frames(clip, max_frames=p.max_frames).indices
+
+    async def process_clip_async(self, clip: Clip) -> None:
+        style = self.style()
+        frames = encode_frames(clip, self.pick_indices(clip), self.params.max_side, self.params.jpeg_quality)
+        result = await self.ask(clip, self.name, self.name, self.prompt(clip), frames, parse_with(style),
+                                style.schema, style.name)
+        self.set(clip, style=style.name, model=result.model, outcome=result.outcome, prompt_hash=result.prompt_hash,
+                 frames_hash=frames.digest, frame_indices=frames.indices, frame_times=frames.times,
+                 prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens,
+                 thinking_tokens=result.thinking_tokens, latency_s=result.latency_s, attempts=result.attempts,
+                 cached=result.cached)
+        if result.outcome == BLOCKED:
+            self.reject(clip, "blocked", None, None)
+            return
+        if result.outcome == ERROR or result.parsed is None:
+            raise CaptionFailed(result.error or "no usable caption")
+        self.set(clip, json=result.parsed.model_dump_json(), text=style.render(result.parsed))
+        self.check_people(clip, result.parsed)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)

@@ -1,0 +1,266 @@
+"""A local OpenAI-compatible chat server for the tests, run as its own process:
+
+    python tests/fixtures_vlm.py [--api-key K] [--latency S] [--models a,b]   (prints "PORT <n>" when ready)
+
+It answers from scripted rules that depend on the prompt text, the model and the images (each JPEG's mean colour
+is named, so a different frame changes the answer), fills the requested json_schema, injects latency and faults,
+and counts requests. Control: POST /_rules (a JSON list, replaces the rules), GET /_stats, POST /_reset.
+
+A rule: {"model": exact, "text": regex over the prompt, "colors": [names every one of which must be seen],
+"times": how many matching requests it applies to, "fault": 429|500|400|timeout|malformed|empty|repeat|length|
+blocked, "retry_after": s, "delay": s, "set": {field: value} merged into the generated answer}. The first active
+matching rule applies; with none, the answer is generated from the schema alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import colorsys
+import hashlib
+import json
+import re
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+
+HUES = ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "magenta"]
+
+
+def color_name(jpeg: bytes) -> str:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return "undecodable"
+    b, g, r = (float(v) / 255 for v in image.reshape(-1, 3).mean(axis=0))
+    h, s, v = colorsys.rgb_to_hsv(r, g, b)
+    if v < 0.15:
+        return "black"
+    if s < 0.15:
+        return "grey" if v < 0.85 else "white"
+    return HUES[int(((h * 360 + 22.5) % 360) // 45)]
+
+
+def images_of(messages: list[dict]) -> list[bytes]:
+    found = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            url = (part.get("image_url") or part.get("video_url") or {}).get("url", "")
+            if url.startswith("data:"):
+                payload = url.split(",", 1)[1]
+                # a pre-sampled video: data:video/jpeg;base64,<f1>,<f2>,...
+                found += [base64.b64decode(chunk) for chunk in payload.split(",")]
+    return found
+
+
+def text_of(messages: list[dict]) -> str:
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out += [p.get("text", "") for p in content if p.get("type") == "text"]
+    return "\n".join(out)
+
+
+def generate(schema: dict, defs: dict, words: str, name: str = ""):
+    """A value that fits `schema` (the subset pydantic emits), its strings naming what the server saw."""
+    if "$ref" in schema:
+        return generate(defs[schema["$ref"].split("/")[-1]], defs, words, name)
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        return {k: generate(v, defs, words, k) for k, v in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [generate(schema.get("items", {}), defs, words, name)]
+    if kind == "integer":
+        return max(1, schema.get("minimum", 1))
+    if kind == "number":
+        return 1.0
+    if kind == "boolean":
+        return True
+    return f"{name}: {words}"
+
+
+class State:
+    def __init__(self, api_key: str | None, latency: float, models: list[str]):
+        self.api_key, self.latency, self.models = api_key, latency, models
+        self.lock = threading.Lock()
+        self.rules: list[dict] = []
+        self.used: list[int] = []
+        self.log: list[dict] = []
+
+    def match(self, model: str, text: str, colors: list[str]) -> dict | None:
+        with self.lock:
+            for i, rule in enumerate(self.rules):
+                if "model" in rule and rule["model"] != model:
+                    continue
+                if "text" in rule and not re.search(rule["text"], text, re.S):
+                    continue
+                if "colors" in rule and not set(rule["colors"]) <= set(colors):
+                    continue
+                if "times" in rule and self.used[i] >= rule["times"]:
+                    continue
+                self.used[i] += 1
+                return rule
+        return None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: State
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, str(v))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        key = self.state.api_key
+        if key and self.headers.get("Authorization") != f"Bearer {key}":
+            self._send(401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
+            return False
+        return True
+
+    def do_GET(self):
+        if self.path == "/_stats":
+            with self.state.lock:
+                return self._send(200, {"requests": len(self.state.log), "log": self.state.log})
+        if self.path.endswith("/models"):
+            if self._authorized():
+                self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.state.models]})
+            return
+        self._send(404, {"error": {"message": "not found"}})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        state = self.state
+        if self.path == "/_rules":
+            with state.lock:
+                state.rules, state.used = body, [0] * len(body)
+            return self._send(200, {"ok": True})
+        if self.path == "/_reset":
+            with state.lock:
+                state.log.clear()
+            return self._send(200, {"ok": True})
+        if not self.path.endswith("/chat/completions"):
+            return self._send(404, {"error": {"message": "not found"}})
+        if not self._authorized():
+            return
+        model, messages = body.get("model", ""), body.get("messages", [])
+        text = text_of(messages)
+        colors = [color_name(img) for img in images_of(messages)]
+        rule = state.match(model, text, colors) or {}
+        fault = str(rule.get("fault", ""))
+        with state.lock:
+            state.log.append({"model": model, "text": text, "colors": colors, "seed": body.get("seed"),
+                              "fault": fault, "has_schema": "response_format" in body,
+                              "keys": sorted(body)})
+        time.sleep(state.latency + float(rule.get("delay", 0)))
+        if fault in ("429", "500", "503", "400", "403"):
+            headers = {"Retry-After": rule["retry_after"]} if "retry_after" in rule else {}
+            return self._send(int(fault), {"error": {"message": f"injected {fault}"}}, headers)
+        if fault == "timeout":
+            time.sleep(float(rule.get("hang", 5)))
+        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+        digest = hashlib.sha1((text + "|".join(colors)).encode()).hexdigest()[:6]
+        words = f"{model} saw {' '.join(colors) or 'no images'} [{digest}]"
+        if schema:
+            answer = generate(schema, schema.get("$defs", {}), words)
+            if isinstance(answer, dict):
+                answer.update(rule.get("set", {}))
+            content = json.dumps(answer)
+        else:
+            content = words
+        finish = "stop"
+        if fault == "malformed":
+            content = content[: len(content) // 2] + "}}{"
+        elif fault == "empty":
+            content = ""
+        elif fault == "repeat":
+            content, finish = "the person waves the left hand " * 300, "length"
+        elif fault == "length":
+            content, finish = content[: len(content) // 2], "length"
+        elif fault == "blocked":
+            content, finish = "", "content_filter"
+        self._send(200, {
+            "id": f"cmpl-{digest}", "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 100 + 50 * len(colors), "completion_tokens": max(1, len(content) // 4),
+                      "total_tokens": 100 + 50 * len(colors) + len(content) // 4}})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--api-key")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--models", default="")
+    args = parser.parse_args(argv)
+    Handler.state = State(args.api_key, args.latency, [m for m in args.models.split(",") if m])
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    server.request_queue_size = 1024
+    print(f"PORT {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+class VlmServer:
+    """The server as a child process, for tests: `with VlmServer(api_key=...) as s: s.url, s.rules([...])`."""
+
+    def __init__(self, api_key: str | None = None, latency: float = 0.0, models: tuple[str, ...] = ()):
+        self.args = [f"--latency={latency}", f"--models={','.join(models)}"] + (
+            [f"--api-key={api_key}"] if api_key else [])
+
+    def __enter__(self) -> "VlmServer":
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, __file__, *self.args], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.proc.kill()
+            raise RuntimeError(f"the test VLM server did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.root}/v1"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def _post(self, path: str, payload) -> dict:
+        import requests
+
+        return requests.post(self.root + path, json=payload, timeout=10).json()
+
+    def rules(self, rules: list[dict]) -> None:
+        self._post("/_rules", rules)
+
+    def reset(self) -> None:
+        self._post("/_reset", {})
+
+    def stats(self) -> dict:
+        import requests
+
+        return requests.get(self.root + "/_stats", timeout=10).json()
+
+
+if __name__ == "__main__":
+    main()
