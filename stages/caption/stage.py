@@ -35,7 +35,8 @@ class VlmParams(EndpointParams):
     max_side: int = Field(448, ge=64)  # long side of the frames sent (Qwen2.5-VL's 448 px tiles)
     max_frames: int = Field(8, ge=1)  # spread evenly over the clip
     ground_on_pose: bool = False  # put the pose stage's facts (people, positions, motion) into the prompt
-    # |caption num_people - detected persons| above this rejects (rule person_count); None: off. Needs pose.
+    # how far the caption's num_people may fall outside the detector's [median, max] persons per frame before the
+    # clip is rejected (rule person_count); None: off. Needs pose.
     max_person_count_diff: int | None = Field(None, ge=0)
     concurrency: int = Field(16, ge=1)  # requests in flight per worker
     workers: int | None = Field(None, ge=1)  # actors at most; the cluster-wide bound is workers x concurrency
@@ -98,9 +99,14 @@ def pose_facts(clip: Clip) -> str:
     return "\nFacts from a pose detector (trust them for counts and positions):\n" + "\n".join(lines) + "\n"
 
 
-def detected_people(clip: Clip) -> int | None:
-    value = clip.columns.get("pose_persons_max")
-    return None if value is None else int(value)
+def detected_people(clip: Clip) -> tuple[int, int] | None:
+    """The pose detector's people count as a range: a typical frame's (median) to the most on any frame, so a
+    person hidden on some frames or a passer-by on one does not make a caption wrong."""
+    most = clip.columns.get("pose_persons_max")
+    if most is None:
+        return None
+    per_frame = clip.columns.get("pose_persons_per_frame") or [most]
+    return min(int(np.median(per_frame)), int(most)), int(most)
 
 
 class VlmStage(Stage):
@@ -186,7 +192,9 @@ class VlmStage(Stage):
         detected = detected_people(clip)
         if self.params.max_person_count_diff is None or claimed is None or detected is None:
             return
-        self.at_most(clip, "person_count", abs(claimed - detected), self.params.max_person_count_diff)
+        low, high = detected
+        off = low - claimed if claimed < low else max(0, claimed - high)
+        self.at_most(clip, "person_count", off, self.params.max_person_count_diff)
 
 
 def _template(name: str) -> str:
