@@ -69,6 +69,7 @@ def audit(output: str) -> dict:
         "reasons": _reasons(rows),
         "errors": _errors(rows),
         "throughput": _throughput(rows, order, split_at),
+        "model_calls": _model_calls(rows, order),
     }
 
 
@@ -154,6 +155,28 @@ def _throughput(rows: list[dict], order: list[str], split_at: int | None) -> lis
     return out
 
 
+def _model_calls(rows: list[dict], order: list[str]) -> list[dict]:
+    """Cost drivers of the stages that call models (those with <stage>_prompt_tokens): tokens in, out and thinking,
+    calls answered from OUT/calls (not paid again), and output tokens per second of call latency."""
+    out = []
+    for stage in order:
+        billed = [r for r in rows if r.get(f"{stage}_prompt_tokens") is not None]
+        if not billed:
+            continue
+
+        def total(column: str) -> float:
+            return sum(r.get(f"{stage}_{column}") or 0 for r in billed)
+
+        latency = total("latency_s")
+        output = total("output_tokens")
+        out.append({"stage": stage, "clips": len(billed), "prompt_tokens": int(total("prompt_tokens")),
+                    "output_tokens": int(output), "thinking_tokens": int(total("thinking_tokens")),
+                    "cached_clips": sum(1 for r in billed if r.get(f"{stage}_cached") or r.get(f"{stage}_cached_calls")),
+                    "latency_s": round(latency, 3),
+                    "output_tokens_per_s": round(output / latency, 1) if latency > 0 else None})
+    return out
+
+
 # -- rendering --------------------------------------------------------------------------------------------------------
 def render_text(report: dict, console) -> None:
     from rich.table import Table
@@ -194,6 +217,16 @@ def render_text(report: dict, console) -> None:
     for t in report["throughput"]:
         through.add_row(t["stage"], f"{t['count']} {t['unit']}", f"{t['seconds']:.2f}", _fmt(t["per_s"]))
     console.print(through)
+    if report.get("model_calls"):
+        calls = Table(title="model calls", title_justify="left")
+        for col in ("stage", "clips", "prompt tokens", "output tokens", "thinking tokens", "cached clips",
+                    "call seconds", "output tokens/s"):
+            calls.add_column(col, justify="left" if col == "stage" else "right")
+        for m in report["model_calls"]:
+            calls.add_row(m["stage"], str(m["clips"]), str(m["prompt_tokens"]), str(m["output_tokens"]),
+                          str(m["thinking_tokens"]), str(m["cached_clips"]), f"{m['latency_s']:.2f}",
+                          _fmt(m["output_tokens_per_s"]))
+        console.print(calls)
 
 
 def render_html(report: dict) -> str:
@@ -207,7 +240,7 @@ def render_html(report: dict) -> str:
         return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
 
     summary = {k: report[k] for k in ("videos", "clips", "shards")}
-    parts = [table(name, report[name]) for name in ("funnel", "reasons", "errors", "throughput")]
+    parts = [table(name, report[name]) for name in ("funnel", "reasons", "errors", "throughput", "model_calls")]
     return (
         "<!doctype html><meta charset='utf-8'><title>actcurate audit</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"

@@ -17,6 +17,7 @@ import pytest
 import media
 from fixtures_run import clip_rows
 from fixtures_vlm import VlmServer
+from manifests.audit import audit
 from pipeline.calls import CallLedger
 
 pytestmark = pytest.mark.slow
@@ -132,6 +133,8 @@ def test_kill_resume_and_redo_errors_pay_for_no_call_twice(videos, tmp_path):
         assert {r["mome_branch"] for r in rows} == {"consistent"}
         assert all(r["caption_frame_indices"] and r["caption_outcome"] == "success" for r in rows)
     assert {r["outcome"] for r in CallLedger(str(out)).all()} == {"success"}
+    costs = {m["stage"]: m for m in audit(str(out))["model_calls"]}
+    assert costs["caption"]["clips"] == 8 and costs["mome"]["prompt_tokens"] > 0 and costs["caption"]["cached_clips"]
     # the key is nowhere under OUT and in no output line
     for path in out.rglob("*"):
         if path.is_file():
