@@ -1,4 +1,4 @@
-"""A local OpenAI-compatible chat server for the tests, run as its own process:
+"""A local OpenAI-compatible chat server (and Gemini generateContent) for the tests, run as its own process:
 
     python tests/fixtures_vlm.py [--api-key K] [--latency S] [--models a,b]   (prints "PORT <n>" when ready)
 
@@ -57,6 +57,19 @@ def images_of(messages: list[dict]) -> list[bytes]:
                 # a pre-sampled video: data:video/jpeg;base64,<f1>,<f2>,...
                 found += [base64.b64decode(chunk) for chunk in payload.split(",")]
     return found
+
+
+def gemini_request(body: dict) -> tuple[str, list[bytes], dict | None]:
+    """The prompt text, the inline images and the schema of a generateContent body."""
+    texts, images = [], []
+    for content in body.get("contents", []):
+        for part in content.get("parts", []):
+            if "text" in part:
+                texts.append(part["text"])
+            elif "inlineData" in part:
+                images.append(base64.b64decode(part["inlineData"]["data"]))
+    config = body.get("generationConfig") or {}
+    return "\n".join(texts), images, config.get("responseJsonSchema") or config.get("responseSchema")
 
 
 def text_of(messages: list[dict]) -> str:
@@ -133,6 +146,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def _authorized(self) -> bool:
         key = self.state.api_key
+        if "x-goog-api-key" in self.headers or ":generateContent" in self.path or "/v1beta/" in self.path:
+            if key and self.headers.get("x-goog-api-key") != key:  # what the Gemini API answers a bad key
+                self._send(400, {"error": {"code": 400, "message": "API key not valid.", "status": "INVALID_ARGUMENT",
+                                           "details": [{"reason": "API_KEY_INVALID"}]}})
+                return False
+            return True
         if key and self.headers.get("Authorization") != f"Bearer {key}":
             self._send(401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
             return False
@@ -142,6 +161,14 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_stats":
             with self.state.lock:
                 return self._send(200, {"requests": len(self.state.log), "log": self.state.log})
+        gemini_model = re.search(r"/v1beta/models/([^:]+)$", self.path)
+        if gemini_model:
+            if self._authorized():
+                name = gemini_model.group(1)
+                if self.state.models and name not in self.state.models:
+                    return self._send(404, {"error": {"code": 404, "message": f"models/{name} is not found"}})
+                self._send(200, {"name": f"models/{name}"})
+            return
         if self.path.endswith("/models"):
             if self._authorized():
                 self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.state.models]})
@@ -159,26 +186,33 @@ class Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.log.clear()
             return self._send(200, {"ok": True})
-        if not self.path.endswith("/chat/completions"):
+        gemini = re.search(r"/models/([^/:]+):generateContent$", self.path)
+        if not self.path.endswith("/chat/completions") and not gemini:
             return self._send(404, {"error": {"message": "not found"}})
         if not self._authorized():
             return
-        model, messages = body.get("model", ""), body.get("messages", [])
-        text = text_of(messages)
-        colors = [color_name(img) for img in images_of(messages)]
+        if gemini:
+            model = gemini.group(1)
+            text, images, schema = gemini_request(body)
+            seed = (body.get("generationConfig") or {}).get("seed")
+        else:
+            model, messages = body.get("model", ""), body.get("messages", [])
+            text, images = text_of(messages), images_of(messages)
+            schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+            seed = body.get("seed")
+        colors = [color_name(img) for img in images]
         rule = state.match(model, text, colors) or {}
         fault = str(rule.get("fault", ""))
         with state.lock:
-            state.log.append({"model": model, "text": text, "colors": colors, "seed": body.get("seed"),
-                              "fault": fault, "has_schema": "response_format" in body,
-                              "keys": sorted(body)})
+            state.log.append({"model": model, "text": text, "colors": colors, "seed": seed, "fault": fault,
+                              "has_schema": schema is not None, "keys": sorted(body), "body_config":
+                              body.get("generationConfig") if gemini else None})
         time.sleep(state.latency + float(rule.get("delay", 0)))
         if fault in ("429", "500", "503", "400", "403"):
             headers = {"Retry-After": rule["retry_after"]} if "retry_after" in rule else {}
             return self._send(int(fault), {"error": {"message": f"injected {fault}"}}, headers)
         if fault == "timeout":
             time.sleep(float(rule.get("hang", 5)))
-        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
         digest = hashlib.sha1((text + "|".join(colors)).encode()).hexdigest()[:6]
         words = f"{model} saw {' '.join(colors) or 'no images'} [{digest}]"
         if schema:
@@ -199,6 +233,14 @@ class Handler(BaseHTTPRequestHandler):
             content, finish = content[: len(content) // 2], "length"
         elif fault == "blocked":
             content, finish = "", "content_filter"
+        prompt_tokens, output_tokens = 100 + 50 * len(colors), max(1, len(content) // 4)
+        if gemini:
+            reasons = {"stop": "STOP", "length": "MAX_TOKENS", "content_filter": "SAFETY"}
+            parts = [{"text": "let me think", "thought": True}, {"text": content}]
+            return self._send(200, {
+                "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": reasons[finish]}],
+                "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": output_tokens,
+                                  "thoughtsTokenCount": 7}, "modelVersion": model})
         self._send(200, {
             "id": f"cmpl-{digest}", "object": "chat.completion", "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],

@@ -24,7 +24,7 @@ FAST = {"backoff_s": 0.01, "backoff_max_s": 0.05}
 def server():
     with VlmServer(api_key=KEY, models=("Qwen/Qwen2.5-VL-7B-Instruct", "OpenGVLab/InternVL3-8B",
                                         "llava-hf/llava-onevision-qwen2-7b-ov-hf",
-                                        "meta-llama/Llama-3.1-8B-Instruct")) as s:
+                                        "meta-llama/Llama-3.1-8B-Instruct", "gemini-2.5-pro")) as s:
         yield s
 
 
@@ -153,6 +153,25 @@ def test_preflight_stops_on_missing_or_wrong_key_and_unknown_model(vlm, monkeypa
         CaptionStage(CaptionStage.Params(base_url="http://127.0.0.1:9/v1")).preflight()
     for exc in (missing.value, wrong.value):
         assert "\n" not in str(exc) and "sk-" not in str(exc)
+
+
+def test_gemini_backend_inline_frames_schema_and_thinking_headroom(vlm, tmp_path, monkeypatch):
+    gemini = {"backend": "gemini", "model": "gemini-2.5-pro", "base_url": vlm.root + "/v1beta", "max_tokens": 512}
+    vlm.rules([{"fault": "429", "retry_after": 0.1, "times": 1}, {"fault": "blocked", "colors": ["blue"]}])
+    red, blue = make_clip(RED, start=0), make_clip(BLUE, start=10)
+    caption(tmp_path, [red, blue], max_frames=3, **gemini)
+    assert red.status == "accepted" and "gemini-2.5-pro saw red red red" in red.columns["caption_text"]
+    assert red.columns["caption_thinking_tokens"] == 7  # thought parts are counted, not read as the answer
+    assert (blue.status, blue.reject_rule) == ("rejected", "blocked")
+    config = vlm.stats()["log"][-1]["body_config"]
+    assert config["thinkingConfig"] == {"thinkingBudget": 1024} and config["maxOutputTokens"] == 512 + 1024
+    assert config["responseMimeType"] == "application/json" and "$defs" not in json.dumps(config)
+    CaptionStage(CaptionStage.Params(**gemini)).preflight()
+    with pytest.raises(UserError, match="does not serve model 'gemini-0'"):
+        CaptionStage(CaptionStage.Params(**{**gemini, "model": "gemini-0"})).preflight()
+    monkeypatch.setenv("ACTCURATE_VLM_API_KEY", "wrong-key-123456")
+    with pytest.raises(UserError, match="refused the key in ACTCURATE_VLM_API_KEY"):
+        CaptionStage(CaptionStage.Params(**gemini)).preflight()
 
 
 def test_pose_grounding_and_person_count_rule(vlm, tmp_path):

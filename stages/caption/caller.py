@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pipeline.calls import CallLedger, call_key
-from stages.caption.client import CallError, OpenAIClient, Request, degenerate
+from stages.caption.client import CallError, ChatClient, Request, degenerate
 from stages.caption.styles import text_hash
 
 SUCCESS, TRUNCATED, BLOCKED, ERROR = "success", "truncated", "blocked", "error"
@@ -48,15 +48,15 @@ class Caller:
 
     ledger: CallLedger
     limit: asyncio.Semaphore
-    clients: dict[str, OpenAIClient] = field(default_factory=dict)
+    clients: dict[str, ChatClient] = field(default_factory=dict)
 
-    async def call(self, client: OpenAIClient, clip_id: str, expert: str, request: Request, frames_hash: str,
+    async def call(self, client: ChatClient, clip_id: str, expert: str, request: Request, frames_hash: str,
                    parse: Callable[[str], Any], extra_record: dict[str, Any] | None = None) -> CallResult:
         """`parse` turns the text into the answer or raises ValueError; an answer it rejects is retried with a
         new seed (never the identical request), as are empty and degenerate answers."""
         p = client.params
-        prompt_hash = text_hash(request.text, request.schema, p.model, p.frames_as, p.temperature, p.top_p,
-                                p.max_tokens, p.extra_body)
+        prompt_hash = text_hash(request.text, request.schema, p.backend, p.model, p.frames_as, p.temperature, p.top_p,
+                                p.max_tokens, p.extra_body, p.thinking_budget if p.backend == "gemini" else None)
         key = call_key(clip_id, f"{expert}:{p.model}", prompt_hash, frames_hash)
         found = await asyncio.to_thread(self.ledger.get, clip_id, key)
         if found is not None:

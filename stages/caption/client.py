@@ -31,7 +31,7 @@ class EndpointParams(StageParams):
     """Where one model is served and how it is asked. Keys never appear here: only the name of the environment
     variable that holds one (the recipe, run.json and the manifests are not secret)."""
 
-    backend: Literal["openai"] = "openai"
+    backend: Literal["openai", "gemini"] = "openai"  # gemini: the Gemini API's own REST (generateContent)
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
     base_url: str | None = None  # e.g. http://gpu-node:8000/v1; None: read from base_url_env
     base_url_env: str = "ACTCURATE_VLM_BASE_URL"
@@ -49,6 +49,9 @@ class EndpointParams(StageParams):
     backoff_s: float = Field(1.0, ge=0)  # first back-off; doubles per retry, full jitter, at least Retry-After
     backoff_max_s: float = Field(60.0, ge=0)
     max_seed_retries: int = Field(2, ge=0)  # new seeds for invalid JSON, empty or degenerate output
+    # gemini: thinking tokens count against the output limit (googleapis/python-genai#782), so the request asks
+    # for max_tokens + thinking_budget; None leaves thinking to the model (and the answer may come back empty)
+    thinking_budget: int | None = Field(1024, ge=0)
 
     def resolved_base_url(self) -> str | None:
         url = self.base_url or os.environ.get(self.base_url_env)
@@ -103,8 +106,9 @@ def retry_after_s(headers: httpx2.Headers) -> float | None:
         return None
 
 
-class OpenAIClient:
-    """Async chat completions with bounded, classified retries; one per worker and event loop."""
+class ChatClient:
+    """One endpoint, async, with bounded and classified retries; one per role, worker and event loop. Subclasses
+    say how a request is written and an answer read."""
 
     def __init__(self, params: EndpointParams, concurrency: int, role: str):
         self.params = params
@@ -129,6 +133,75 @@ class OpenAIClient:
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def body(self, request: Request, seed: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def endpoint(self, body: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def _reply(self, data: dict[str, Any]) -> Reply:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        raise NotImplementedError
+
+    def _check_response(self, response: httpx2.Response) -> None:
+        if response.status_code in (401, 403):
+            raise UserError(f"{self.role}: {self.url} refused the key in {self.params.api_key_env} "
+                            f"(HTTP {response.status_code})")
+
+    def _get(self, url: str) -> httpx2.Response:
+        try:
+            return httpx2.get(url, headers=self._headers(), timeout=min(self.params.timeout_s, 30), trust_env=False)
+        except httpx2.HTTPError as exc:
+            raise UserError(f"{self.role}: cannot reach {self.url} ({type(exc).__name__})") from None
+
+    # -- sending ---------------------------------------------------------------------------------------------------
+    async def complete(self, body: dict[str, Any]) -> Reply:
+        """One completion, retried on 408/429/5xx, timeouts and dropped connections (exponential back-off with full
+        jitter, never shorter than Retry-After); 400/401/403/404 fail at once."""
+        p = self.params
+        started = time.perf_counter()
+        url = self.endpoint(body)
+        payload = {k: v for k, v in body.items() if not k.startswith("_")}
+        for attempt in range(p.max_retries + 1):
+            wait_at_least = 0.0
+            try:
+                response = await self.http.post(url, json=payload)
+            except (httpx2.TimeoutException, httpx2.TransportError) as exc:
+                problem = CallError(f"{self.role}: {type(exc).__name__} talking to {self.url}", retryable=True)
+            else:
+                if response.status_code == 200:
+                    try:
+                        reply = self._reply(response.json())
+                    except (ValueError, KeyError, IndexError, TypeError) as exc:
+                        problem = CallError(f"{self.role}: unreadable response body ({exc})", 200, retryable=True)
+                    else:
+                        reply.http_attempts = attempt + 1
+                        reply.latency_s = time.perf_counter() - started
+                        return reply
+                else:
+                    retryable = response.status_code in RETRY_STATUS
+                    problem = CallError(f"{self.role}: HTTP {response.status_code} from {self.url}: "
+                                        f"{response.text[:200]}", response.status_code, retryable)
+                    wait_at_least = retry_after_s(response.headers) or 0.0
+            if not problem.retryable or attempt == p.max_retries:
+                raise problem
+            backoff = random.uniform(0, min(p.backoff_max_s, p.backoff_s * 2 ** attempt))
+            await asyncio.sleep(max(backoff, min(wait_at_least, p.backoff_max_s * 5)))
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+
+class OpenAIClient(ChatClient):
+    """OpenAI-compatible chat completions (vLLM's server, hosted APIs)."""
+
+    def endpoint(self, body: dict[str, Any]) -> str:
+        return f"{self.url}/chat/completions"
 
     # -- request building ------------------------------------------------------------------------------------------
     def body(self, request: Request, seed: int) -> dict[str, Any]:
@@ -165,39 +238,6 @@ class OpenAIClient:
         body.update(extra)
         return body
 
-    # -- sending ---------------------------------------------------------------------------------------------------
-    async def complete(self, body: dict[str, Any]) -> Reply:
-        """One completion, retried on 408/429/5xx, timeouts and dropped connections (exponential back-off with full
-        jitter, never shorter than Retry-After); 400/401/403/404 fail at once."""
-        p = self.params
-        started = time.perf_counter()
-        for attempt in range(p.max_retries + 1):
-            wait_at_least = 0.0
-            try:
-                response = await self.http.post(f"{self.url}/chat/completions", json=body)
-            except (httpx2.TimeoutException, httpx2.TransportError) as exc:
-                problem = CallError(f"{self.role}: {type(exc).__name__} talking to {self.url}", retryable=True)
-            else:
-                if response.status_code == 200:
-                    try:
-                        reply = self._reply(response.json())
-                    except (ValueError, KeyError, IndexError, TypeError) as exc:
-                        problem = CallError(f"{self.role}: unreadable response body ({exc})", 200, retryable=True)
-                    else:
-                        reply.http_attempts = attempt + 1
-                        reply.latency_s = time.perf_counter() - started
-                        return reply
-                else:
-                    retryable = response.status_code in RETRY_STATUS
-                    problem = CallError(f"{self.role}: HTTP {response.status_code} from {self.url}: "
-                                        f"{response.text[:200]}", response.status_code, retryable)
-                    wait_at_least = retry_after_s(response.headers) or 0.0
-            if not problem.retryable or attempt == p.max_retries:
-                raise problem
-            backoff = random.uniform(0, min(p.backoff_max_s, p.backoff_s * 2 ** attempt))
-            await asyncio.sleep(max(backoff, min(wait_at_least, p.backoff_max_s * 5)))
-        raise AssertionError("unreachable")
-
     def _reply(self, data: dict[str, Any]) -> Reply:
         choice = data["choices"][0]
         usage = data.get("usage") or {}
@@ -209,21 +249,11 @@ class OpenAIClient:
                      output_tokens=int(usage.get("completion_tokens") or 0),
                      thinking_tokens=int(details.get("reasoning_tokens") or 0))
 
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-
     # -- preflight -------------------------------------------------------------------------------------------------
     def check(self) -> None:
         """One cheap request on the driver (GET /models): the endpoint answers, takes the key and serves the model."""
-        try:
-            response = httpx2.get(f"{self.url}/models", headers=self._headers(), timeout=min(self.params.timeout_s, 30),
-                                  trust_env=False)
-        except httpx2.HTTPError as exc:
-            raise UserError(f"{self.role}: cannot reach {self.url} ({type(exc).__name__})") from None
-        if response.status_code in (401, 403):
-            raise UserError(f"{self.role}: {self.url} refused the key in {self.params.api_key_env} "
-                            f"(HTTP {response.status_code})")
+        response = self._get(f"{self.url}/models")
+        self._check_response(response)
         if response.status_code != 200:
             raise UserError(f"{self.role}: {self.url}/models answered HTTP {response.status_code}")
         try:
@@ -234,6 +264,14 @@ class OpenAIClient:
         if served and not any(s == model or s.endswith("/" + model) for s in served):
             raise UserError(f"{self.role}: {self.url} does not serve model {model!r} (it serves: "
                             f"{', '.join(served[:8])})")
+
+
+def make_client(params: EndpointParams, concurrency: int, role: str) -> ChatClient:
+    if params.backend == "gemini":
+        from stages.caption.gemini import GeminiClient
+
+        return GeminiClient(params, concurrency, role)
+    return OpenAIClient(params, concurrency, role)
 
 
 _RUN = re.compile(r"(\S.{2,79}?)\1{7,}", re.DOTALL)  # a chunk (not blank indentation) repeated 8+ times in a row

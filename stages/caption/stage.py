@@ -18,7 +18,7 @@ from pipeline.calls import CallLedger
 from pipeline.clip import Clip
 from pipeline.stage import FrameRequest, Resources, Stage
 from stages.caption.caller import BLOCKED, ERROR, Caller, CallResult
-from stages.caption.client import EndpointParams, OpenAIClient, Request
+from stages.caption.client import EndpointParams, Request, make_client
 from stages.caption.styles import STYLES, Style
 
 
@@ -145,12 +145,12 @@ class VlmStage(Stage):
 
     def preflight(self) -> None:
         for role, endpoint in self.endpoints().items():
-            OpenAIClient(endpoint, 1, role).check()
+            make_client(endpoint, 1, role).check()
 
     def setup(self) -> None:
         self.loop = asyncio.new_event_loop()
         concurrency = self.params.concurrency
-        clients = {role: OpenAIClient(ep, concurrency, role) for role, ep in self.endpoints().items()}
+        clients = {role: make_client(ep, concurrency, role) for role, ep in self.endpoints().items()}
         # the semaphore belongs to the loop that runs every batch of this worker
         self.caller = Caller(CallLedger(self.context.output), asyncio.Semaphore(concurrency), clients)
 
