@@ -158,9 +158,11 @@ class Handler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self):
-        if self.path == "/_stats":
+        if self.path.startswith("/_stats"):
             with self.state.lock:
-                return self._send(200, {"requests": len(self.state.log), "log": self.state.log})
+                brief = "brief" in self.path  # /_stats?brief: counts and arrival times only (benchmarks)
+                log = [{"t": e["t"]} for e in self.state.log] if brief else self.state.log
+                return self._send(200, {"requests": len(self.state.log), "log": log})
         gemini_model = re.search(r"/v1beta/models/([^:]+)$", self.path)
         if gemini_model:
             if self._authorized():
@@ -204,7 +206,7 @@ class Handler(BaseHTTPRequestHandler):
         rule = state.match(model, text, colors) or {}
         fault = str(rule.get("fault", ""))
         with state.lock:
-            state.log.append({"model": model, "text": text, "colors": colors, "seed": seed, "fault": fault,
+            state.log.append({"t": time.monotonic(), "model": model, "text": text, "colors": colors, "seed": seed, "fault": fault,
                               "has_schema": schema is not None, "keys": sorted(body), "body_config":
                               body.get("generationConfig") if gemini else None})
         time.sleep(state.latency + float(rule.get("delay", 0)))
@@ -298,10 +300,10 @@ class VlmServer:
     def reset(self) -> None:
         self._post("/_reset", {})
 
-    def stats(self) -> dict:
+    def stats(self, brief: bool = False) -> dict:
         import requests
 
-        return requests.get(self.root + "/_stats", timeout=10).json()
+        return requests.get(self.root + "/_stats" + ("?brief" if brief else ""), timeout=30).json()
 
 
 if __name__ == "__main__":

@@ -109,6 +109,14 @@ def test_unusable_answers_are_retried_with_a_new_seed(vlm, tmp_path, fault):
     assert clip.columns["caption_attempts"] == 2
 
 
+def test_a_loop_inside_valid_json_is_degenerate_too(vlm, tmp_path):
+    vlm.rules([{"set": {"interactions": ["he waves and waves " * 60]}, "times": 1}])
+    clip = make_clip(RED)
+    caption(tmp_path, [clip])
+    assert clip.status == "accepted" and "waves and waves" not in clip.columns["caption_text"]
+    assert [e["seed"] for e in vlm.stats()["log"]] == [0, 1]
+
+
 def test_outcomes_error_truncated_blocked(vlm, tmp_path):
     vlm.rules([{"fault": "malformed", "colors": ["red"]}, {"fault": "length", "colors": ["blue"]},
                {"fault": "blocked", "colors": ["green"]}])

@@ -4,6 +4,7 @@ new seed when the answer is unusable, and recorded the moment it finishes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -90,15 +91,17 @@ class Caller:
             if not reply.content.strip():
                 result.outcome, result.error = ERROR, "empty answer"
                 continue
-            if degenerate(reply.content):
-                result.outcome, result.error = ERROR, "degenerate repetition"
-                continue
             try:
                 result.parsed = parse(reply.content)
             except ValueError as exc:
                 truncated = reply.finish_reason == "length"
                 result.outcome = TRUNCATED if truncated else ERROR
                 result.error = ("output cut at max_tokens; " if truncated else "invalid answer: ") + str(exc)[:200]
+                if degenerate(reply.content):
+                    result.outcome, result.error = ERROR, "degenerate repetition"
+                continue
+            if degenerate(" ".join(_strings(json.loads(reply.content)))):  # a loop inside valid JSON's text
+                result.parsed, result.outcome, result.error = None, ERROR, "degenerate repetition"
                 continue
             result.outcome = TRUNCATED if reply.finish_reason == "length" else SUCCESS
             result.error = None
@@ -109,3 +112,14 @@ class Caller:
         record = {**result.record(), "clip_id": clip_id, **(extra_record or {})}
         await asyncio.to_thread(self.ledger.put, clip_id, key, record)
         return result
+
+
+def _strings(value: Any) -> list[str]:
+    """The text leaves of a JSON value (the keys and structure repeat by design; the text must not)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []

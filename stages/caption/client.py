@@ -12,8 +12,8 @@ import base64
 import email.utils
 import os
 import random
-import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -274,17 +274,16 @@ def make_client(params: EndpointParams, concurrency: int, role: str) -> ChatClie
     return OpenAIClient(params, concurrency, role)
 
 
-_RUN = re.compile(r"(\S.{2,79}?)\1{7,}", re.DOTALL)  # a chunk (not blank indentation) repeated 8+ times in a row
-
-
 def degenerate(text: str) -> bool:
-    """Endless repetition (QwenLM/Qwen3-VL#1611): a chunk looping in a row, or few distinct word 4-grams."""
-    if len(text) < 120:
+    """Endless repetition (QwenLM/Qwen3-VL#1611): text that compresses far better than any caption (a chunk
+    looping), or few distinct word 4-grams. zlib runs in C: cheap enough for every answer."""
+    if len(text) < 200:
         return False
-    if _RUN.search(text):
+    data = text.encode()
+    if len(zlib.compress(data, 1)) < 0.08 * len(data):
         return True
     words = text.split()
     if len(words) < 40:
         return False
-    grams = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
-    return len(set(grams)) / len(grams) < 0.3
+    grams = {tuple(words[i:i + 4]) for i in range(len(words) - 3)}
+    return len(grams) / (len(words) - 3) < 0.3
