@@ -24,6 +24,8 @@ from pipeline.errors import UserError
 from pipeline.redact import redact
 from pipeline.stage import StageParams
 
+MAX_RETRY_AFTER_S = 600.0  # a server's Retry-After is honoured up to this (a misconfigured one may say a day)
+POOL_SIZE = 16  # connections per HTTP pool (see ChatClient._pools)
 RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 
 
@@ -120,16 +122,33 @@ class ChatClient:
         if params.api_key_env and not self.api_key:
             raise UserError(f"{role}: environment variable {params.api_key_env} (the key for {self.url}) is not set")
         self.concurrency = concurrency
-        self._http: httpx2.AsyncClient | None = None
+        self._http: list[httpx2.AsyncClient] | None = None
+        self._busy: list[int] = []
+        self._sizes: list[int] = []
 
-    @property
-    def http(self) -> httpx2.AsyncClient:
-        """Made on first use, inside the worker's event loop (preflight on the driver never needs it)."""
+    def _pools(self) -> list[httpx2.AsyncClient]:
+        """Made on first use, inside the worker's event loop (preflight on the driver never needs them). Several
+        small pools rather than one: httpcore scans every pooled connection (a syscall each) for every request,
+        which at 256 connections cost more CPU than the rest of a call."""
         if self._http is None:
-            limits = httpx2.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-            self._http = httpx2.AsyncClient(timeout=self.params.timeout_s, limits=limits, headers=self._headers(),
-                                            trust_env=False)
+            sizes = [POOL_SIZE] * (self.concurrency // POOL_SIZE) + ([self.concurrency % POOL_SIZE]
+                                                                     if self.concurrency % POOL_SIZE else [])
+            ssl = httpx2.create_ssl_context()  # one CA bundle load, not one per pool
+            self._http = [httpx2.AsyncClient(timeout=self.params.timeout_s, headers=self._headers(), trust_env=False,
+                                             verify=ssl, limits=httpx2.Limits(max_connections=n,
+                                                                              max_keepalive_connections=n))
+                          for n in sizes]
+            self._busy, self._sizes = [0] * len(self._http), sizes
         return self._http
+
+    async def _post(self, url: str, payload: dict[str, Any]) -> httpx2.Response:
+        pools = self._pools()
+        i = min(range(len(pools)), key=lambda k: self._busy[k] / self._sizes[k])  # the least loaded pool
+        self._busy[i] += 1
+        try:
+            return await pools[i].post(url, json=payload)
+        finally:
+            self._busy[i] -= 1
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -168,7 +187,7 @@ class ChatClient:
         for attempt in range(p.max_retries + 1):
             wait_at_least = 0.0
             try:
-                response = await self.http.post(url, json=payload)
+                response = await self._post(url, payload)
             except (httpx2.TimeoutException, httpx2.TransportError) as exc:
                 problem = CallError(f"{self.role}: {type(exc).__name__} talking to {self.url}", retryable=True)
             else:
@@ -189,12 +208,12 @@ class ChatClient:
             if not problem.retryable or attempt == p.max_retries:
                 raise problem
             backoff = random.uniform(0, min(p.backoff_max_s, p.backoff_s * 2 ** attempt))
-            await asyncio.sleep(max(backoff, min(wait_at_least, p.backoff_max_s * 5)))
+            await asyncio.sleep(max(backoff, min(wait_at_least, MAX_RETRY_AFTER_S)))
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
+        for pool in self._http or []:
+            await pool.aclose()
 
 
 class OpenAIClient(ChatClient):

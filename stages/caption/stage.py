@@ -4,6 +4,7 @@ stage kept. Calls go out concurrently (bounded per worker) from an asyncio loop 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -182,7 +183,7 @@ class VlmStage(Stage):
     async def ask(self, clip: Clip, role: str, expert: str, text: str, frames: Frames | None,
                   parse, schema: type[BaseModel], schema_name: str) -> CallResult:
         request = Request(text=text, images=frames.jpegs if frames else [], frame_times=frames.times if frames else [],
-                          schema_name=schema_name, schema=schema.model_json_schema())
+                          schema_name=schema_name, schema=json_schema(schema))
         extra = {"frame_indices": frames.indices, "frame_times": frames.times} if frames else {}
         return await self.caller.call(self.caller.clients[role], clip.clip_id, expert, request,
                                       frames.digest if frames else "none", parse, extra)
@@ -195,6 +196,12 @@ class VlmStage(Stage):
         low, high = detected
         off = low - claimed if claimed < low else max(0, claimed - high)
         self.at_most(clip, "person_count", off, self.params.max_person_count_diff)
+
+
+@functools.lru_cache(maxsize=None)
+def json_schema(model: type[BaseModel]) -> dict:
+    """A schema class's JSON schema, made once (pydantic takes about a millisecond each time)."""
+    return model.model_json_schema()
 
 
 def _template(name: str) -> str:
