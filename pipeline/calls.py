@@ -40,7 +40,7 @@ class CallLedger:
         rel = self._rel(clip_id, key)
         try:
             record = json.loads(self.store.read_bytes(rel))
-        except (FileNotFoundError, OSError, ValueError):
+        except (FileNotFoundError, OSError, ValueError):  # missing, or cut short by a machine crash
             return None
         return record if record.get("outcome") in REUSABLE else None
 
@@ -49,7 +49,9 @@ class CallLedger:
             return
         # redact: an error message may quote a server's answer, which may echo a header
         data = redact(json.dumps({**record, "key": key}, sort_keys=True, default=str))
-        self.store.write_bytes(self._rel(clip_id, key), data.encode())
+        # no fsync: a killed worker loses nothing; after a machine crash an empty record reads as missing and the
+        # call is asked again (fsync per call put the disk on every call's critical path)
+        self.store.write_bytes(self._rel(clip_id, key), data.encode(), sync=False)
 
     def all(self) -> list[dict[str, Any]]:
         """Every record (for audits and tests): lists calls/<clip>/ folders."""

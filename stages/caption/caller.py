@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -50,6 +50,12 @@ class Caller:
     ledger: CallLedger
     limit: asyncio.Semaphore
     clients: dict[str, ChatClient] = field(default_factory=dict)
+    # call-record reads and writes (files or S3 requests) get their own threads: in the loop's default pool
+    # (cores + 4 threads) they queued behind each other and held requests back from the endpoint
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, "call-records"))
+
+    async def io(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def call(self, client: ChatClient, clip_id: str, expert: str, request: Request, frames_hash: str,
                    parse: Callable[[str], Any], extra_record: dict[str, Any] | None = None) -> CallResult:
@@ -59,7 +65,7 @@ class Caller:
         prompt_hash = text_hash(request.text, request.schema, p.backend, p.model, p.frames_as, p.temperature, p.top_p,
                                 p.max_tokens, p.extra_body, p.thinking_budget if p.backend == "gemini" else None)
         key = call_key(clip_id, f"{expert}:{p.model}", prompt_hash, frames_hash)
-        found = await asyncio.to_thread(self.ledger.get, clip_id, key)
+        found = await self.io(self.ledger.get, clip_id, key)
         if found is not None:
             result = CallResult(**{k: found.get(k) for k in CallResult.__dataclass_fields__
                                    if k not in ("parsed", "cached")}, cached=True)
@@ -68,7 +74,6 @@ class Caller:
             return result
 
         result = CallResult(expert, p.model, ERROR, prompt_hash=prompt_hash, frames_hash=frames_hash)
-        started = time.perf_counter()
         for n in range(p.max_seed_retries + 1):
             seed = p.seed + n
             result.seed = seed
@@ -80,6 +85,7 @@ class Caller:
                 result.attempts += 1
                 break  # retries for transient faults already happened inside complete()
             result.attempts += 1
+            result.latency_s += reply.latency_s  # on the wire, retries included; not the wait for a free slot
             result.prompt_tokens += reply.prompt_tokens  # every attempt is paid for
             result.output_tokens += reply.output_tokens
             result.thinking_tokens += reply.thinking_tokens
@@ -106,11 +112,10 @@ class Caller:
             result.outcome = TRUNCATED if reply.finish_reason == "length" else SUCCESS
             result.error = None
             break
-        result.latency_s = time.perf_counter() - started
         if result.outcome == TRUNCATED and result.parsed is None:
             result.outcome = ERROR  # nothing usable came back: a redo may ask again
         record = {**result.record(), "clip_id": clip_id, **(extra_record or {})}
-        await asyncio.to_thread(self.ledger.put, clip_id, key, record)
+        await self.io(self.ledger.put, clip_id, key, record)
         return result
 
 
