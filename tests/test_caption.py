@@ -258,3 +258,20 @@ def test_mome_judge_failure_is_an_error_row_and_resume_pays_nothing_twice(vlm, t
     mome(tmp_path, [again])
     assert again.status == "accepted" and again.columns["mome_cached_calls"] == 1  # expert B's caption
     assert sorted(e["model"] for e in vlm.stats()["log"]) == [JUDGE, JUDGE]
+
+
+def test_call_records_on_an_s3_output(vlm, monkeypatch):
+    from s3server import MotoServer
+
+    with MotoServer() as s3:
+        s3.create_bucket("curated")
+        for name, value in s3.env.items():
+            monkeypatch.setenv(name, value)
+        out = "s3://curated/run1"
+        caption(out, [make_clip(RED)])
+        again = make_clip(RED)
+        caption(out, [again])
+        assert again.status == "accepted" and again.columns["caption_cached"]
+        assert vlm.stats()["requests"] == 1
+        records = CallLedger(out).all()
+        assert [r["outcome"] for r in records] == ["success"] and KEY not in json.dumps(records)
