@@ -275,3 +275,11 @@ def test_call_records_on_an_s3_output(vlm, monkeypatch):
         assert vlm.stats()["requests"] == 1
         records = CallLedger(out).all()
         assert [r["outcome"] for r in records] == ["success"] and KEY not in json.dumps(records)
+
+
+def test_a_worker_without_the_key_makes_error_rows_not_a_crash(vlm, tmp_path, monkeypatch):
+    monkeypatch.delenv("ACTCURATE_VLM_API_KEY")
+    clip = make_clip(RED)
+    caption(tmp_path, [clip])
+    assert clip.status == "error" and "ACTCURATE_VLM_API_KEY" in clip.error_message and "not set" in clip.error_message
+    assert vlm.stats()["requests"] == 0

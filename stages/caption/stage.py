@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from pipeline.calls import CallLedger
 from pipeline.clip import Clip
+from pipeline.errors import UserError
 from pipeline.stage import FrameRequest, Resources, Stage
 from stages.caption.caller import BLOCKED, ERROR, Caller, CallResult
 from stages.caption.client import EndpointParams, Request, make_client
@@ -151,13 +152,24 @@ class VlmStage(Stage):
     def setup(self) -> None:
         self.loop = asyncio.new_event_loop()
         concurrency = self.params.concurrency
-        clients = {role: make_client(ep, concurrency, role) for role, ep in self.endpoints().items()}
+        self.setup_error: Exception | None = None
+        try:
+            clients = {role: make_client(ep, concurrency, role) for role, ep in self.endpoints().items()}
+        except UserError as exc:
+            # a worker node without the key or endpoint variables (preflight saw them on the driver): its clips
+            # become error rows that say so, rather than a crashed actor pool
+            self.setup_error, clients = exc, {}
         # the semaphore belongs to the loop that runs every batch of this worker
         self.caller = Caller(CallLedger(self.context.output), asyncio.Semaphore(concurrency), clients)
 
     def process(self, clips: list[Clip]) -> list[Clip]:
         if not hasattr(self, "loop"):
             self.setup()
+        if self.setup_error is not None:
+            for clip in clips:
+                if clip.alive:
+                    clip.fail(self.name, CaptionFailed(f"on this worker: {self.setup_error}"))
+            return clips
         self.loop.run_until_complete(self._all(clips))
         return clips
 
