@@ -14,7 +14,6 @@ import asyncio
 from typing import ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import Field
 
 from pipeline.clip import Clip
 from stages.caption.caller import ERROR, CallResult

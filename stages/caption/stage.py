@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
@@ -289,7 +288,3 @@ class CaptionStage(VlmStage):
             raise CaptionFailed(result.error or "no usable caption")
         self.set(clip, json=result.parsed.model_dump_json(), text=style.render(result.parsed))
         self.check_people(clip, result.parsed)
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)
