@@ -283,3 +283,16 @@ def test_a_worker_without_the_key_makes_error_rows_not_a_crash(vlm, tmp_path, mo
     caption(tmp_path, [clip])
     assert clip.status == "error" and "ACTCURATE_VLM_API_KEY" in clip.error_message and "not set" in clip.error_message
     assert vlm.stats()["requests"] == 0
+
+
+def test_source_captions_from_the_input_list_go_into_the_prompt(vlm, tmp_path):
+    listing = tmp_path / "list.csv"
+    listing.write_text("uri,caption\n/in/v.mp4,a dancer spins twice on one foot\n/in/other.mp4,\n")
+    clip = make_clip(RED)
+    caption(tmp_path / "out", [clip], style="hmi", source_captions=str(listing))
+    assert clip.status == "accepted"
+    assert "source dataset's caption of this video" in vlm.stats()["log"][0]["text"]
+    assert "a dancer spins twice on one foot" in vlm.stats()["log"][0]["text"]
+    listing.write_text("path,text\n/in/v.mp4,x\n")
+    with pytest.raises(UserError, match="needs 'uri' and 'caption' columns"):
+        CaptionStage(CaptionStage.Params(source_captions=str(listing))).preflight()

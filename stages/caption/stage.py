@@ -20,6 +20,7 @@ from pipeline.errors import UserError
 from pipeline.stage import FrameRequest, Resources, Stage
 from stages.caption.caller import BLOCKED, ERROR, Caller, CallResult
 from stages.caption.client import EndpointParams, Request, make_client
+from stages.caption.sources import read_source_captions
 from stages.caption.styles import STYLES, Style
 
 
@@ -46,6 +47,9 @@ class VlmParams(EndpointParams):
 
 class CaptionParams(VlmParams):
     keyframes: Literal["uniform", "pose"] = "uniform"  # pose: the pose stage's pose-diverse keyframes (HMI)
+    # a .csv/.jsonl/.parquet list with uri and caption columns (the input list itself may carry them): each
+    # video's source-dataset caption goes into the prompt as context (HMI [E3])
+    source_captions: str | None = None
 
 
 @dataclass
@@ -184,10 +188,16 @@ class VlmStage(Stage):
     async def process_clip_async(self, clip: Clip) -> None:
         raise NotImplementedError
 
+    def source_caption(self, clip: Clip) -> str | None:
+        return None
+
     def prompt(self, clip: Clip, name: str = "caption", **slots: str) -> str:
         text = self.style().prompt(name) if name == "caption" else _template(name)
         facts = pose_facts(clip) if self.params.ground_on_pose else ""
-        for slot, value in {"facts": facts, **slots}.items():
+        source = self.source_caption(clip)
+        source = (f"\nThe source dataset's caption of this video (it may be coarse or wrong; the frames decide):\n"
+                  f"{source}\n") if source else ""
+        for slot, value in {"facts": facts, "source": source, **slots}.items():
             text = text.replace("{" + slot + "}", value)
         return text
 
@@ -257,6 +267,23 @@ class CaptionStage(VlmStage):
     def requirements(self) -> tuple[str, ...]:
         extra = ("pose_keyframe_indices",) if self.params.keyframes == "pose" else ()
         return tuple(dict.fromkeys(super().requirements() + extra))
+
+    def preflight(self) -> None:
+        if self.params.source_captions:
+            read_source_captions(self.params.source_captions)  # a bad path or columns: one line, before any video
+        super().preflight()
+
+    def setup(self) -> None:
+        super().setup()
+        self.sources: dict[str, str] = {}
+        try:
+            if self.params.source_captions:
+                self.sources = read_source_captions(self.params.source_captions)
+        except UserError as exc:  # the list is not readable from this worker: its clips say so
+            self.setup_error = self.setup_error or exc
+
+    def source_caption(self, clip: Clip) -> str | None:
+        return self.sources.get(clip.video_uri)
 
     def endpoints(self) -> dict[str, EndpointParams]:
         fields = EndpointParams.model_fields
