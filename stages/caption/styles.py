@@ -37,11 +37,18 @@ class HaicCaption(_Strict):
     interactions: list[str] = Field(description="interactions between people or with objects, in order")
 
 
+def _article_lower(text: str) -> str:
+    """'The man ...' -> 'the man ...' after 'Then'; names and 'I' keep their capital."""
+    first, _, rest = text.partition(" ")
+    return f"{first.lower()} {rest}" if first in ("The", "A", "An") else text
+
+
 def _render_haic(c: HaicCaption) -> str:
     lines = [f"Number of people: {c.num_people}."]
     lines += [f"Person at {p.position}: {p.attributes}." for p in c.people]
     if c.actions:
-        lines.append("Actions: " + " Then ".join(f"{a.who} {a.action}".rstrip(".") + "." for a in c.actions))
+        steps = [f"{a.who} {a.action}".rstrip(".") + "." for a in c.actions]
+        lines.append("Actions: " + " ".join([steps[0]] + [f"Then {_article_lower(s)}" for s in steps[1:]]))
     if c.interactions:
         lines.append("Interactions: " + " ".join(i.rstrip(".") + "." for i in c.interactions))
     return "\n".join(lines)
