@@ -296,3 +296,30 @@ def test_source_captions_from_the_input_list_go_into_the_prompt(vlm, tmp_path):
     listing.write_text("path,text\n/in/v.mp4,x\n")
     with pytest.raises(UserError, match="needs 'uri' and 'caption' columns"):
         CaptionStage(CaptionStage.Params(source_captions=str(listing))).preflight()
+
+
+def test_every_style_has_a_prompt_and_a_strict_schema_rendered_deterministically():
+    from stages.caption.mome import Verdict
+    from stages.caption.stage import json_schema
+    from stages.caption.styles import STYLES
+
+    def objects(node):
+        if isinstance(node, dict):
+            if node.get("type") == "object":
+                yield node
+            for v in node.values():
+                yield from objects(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from objects(v)
+
+    for style in STYLES.values():
+        assert "{facts}" in style.prompt() and "{source}" in style.prompt()
+        for schema in (json_schema(style.schema), json_schema(Verdict)):
+            for obj in objects(schema):  # OpenAI strict mode: closed objects, every property required
+                assert obj["additionalProperties"] is False and set(obj["required"]) == set(obj["properties"])
+        import fixtures_vlm
+
+        sample = style.schema.model_validate(fixtures_vlm.generate(json_schema(style.schema),
+                                                                   json_schema(style.schema).get("$defs", {}), "x"))
+        assert style.render(sample) == style.render(style.parse(sample.model_dump_json())) != ""
