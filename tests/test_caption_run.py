@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,8 +92,10 @@ def test_kill_resume_and_redo_errors_pay_for_no_call_twice(videos, tmp_path):
     common = ["run", "--recipe", str(recipe), "--input", str(videos), "--output", str(out), "--shard-size", "2",
               "--no-progress"]
     outputs = []
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))  # short: Ray's socket paths must stay < 108 bytes
     with VlmServer(api_key=KEY, latency=0.3) as server:
-        env = {**os.environ, "ACTCURATE_VLM_BASE_URL": server.url, "ACTCURATE_VLM_API_KEY": KEY}
+        env = {**os.environ, "ACTCURATE_VLM_BASE_URL": server.url, "ACTCURATE_VLM_API_KEY": KEY,
+               "RAY_TMPDIR": str(ray_tmp)}
         # 1. killed once a few calls have finished, mid-shard
         proc = subprocess.Popen([*ACTCURATE, *common], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, text=True)
@@ -140,3 +144,6 @@ def test_kill_resume_and_redo_errors_pay_for_no_call_twice(videos, tmp_path):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert all(KEY not in text for text in outputs)
+    logs = [p for p in ray_tmp.rglob("*") if p.is_file() and not p.is_symlink() and p.suffix in (".log", ".out", ".err")]
+    assert logs and not [p for p in logs if KEY.encode() in p.read_bytes()]  # nor in Ray's worker and driver logs
+    shutil.rmtree(ray_tmp, ignore_errors=True)
