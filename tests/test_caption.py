@@ -323,3 +323,16 @@ def test_every_style_has_a_prompt_and_a_strict_schema_rendered_deterministically
         sample = style.schema.model_validate(fixtures_vlm.generate(json_schema(style.schema),
                                                                    json_schema(style.schema).get("$defs", {}), "x"))
         assert style.render(sample) == style.render(style.parse(sample.model_dump_json())) != ""
+
+
+def test_pose_keyframes_are_the_frames_sent_and_the_judge_may_see_them(vlm, tmp_path):
+    clip = make_clip(RED, GREEN, BLUE, n=4)
+    clip.columns["pose_keyframe_indices"] = [1, 5, 9, 10]
+    caption(tmp_path, [clip], keyframes="pose", max_frames=3)
+    assert clip.columns["caption_frame_indices"] == [1, 9, 10]  # 3 of the 4 keyframes, spread evenly
+    assert vlm.stats()["log"][0]["colors"] == ["red", "blue", "blue"]
+    stage = MomeStage(MomeStage.Params(**FAST, judge_sees_frames=True), RunContext(output=str(tmp_path)))
+    stage.setup()
+    stage.process([clip])
+    judged = [e for e in vlm.stats()["log"] if e["model"] == JUDGE]
+    assert clip.status == "accepted" and [e["colors"] for e in judged] == [["red", "blue", "blue"]] * 2
