@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="")
     args = parser.parse_args(argv)
     Handler.state = State(args.api_key, args.latency, [m for m in args.models.split(",") if m])
+    # one thread per connection, all sleeping out the latency: with the default 5 ms GIL switch interval a
+    # hundred of them queue for the GIL and the server, not the client under test, sets the pace
+    sys.setswitchinterval(0.0002)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     server.request_queue_size = 1024
