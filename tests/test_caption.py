@@ -336,3 +336,34 @@ def test_pose_keyframes_are_the_frames_sent_and_the_judge_may_see_them(vlm, tmp_
     stage.process([clip])
     judged = [e for e in vlm.stats()["log"] if e["model"] == JUDGE]
     assert clip.status == "accepted" and [e["colors"] for e in judged] == [["red", "blue", "blue"]] * 2
+
+
+def test_vllm_backend_builds_engine_requests_and_says_it_needs_vllm_and_a_gpu():
+    from pipeline.executor import plan_resources
+    from pipeline.recipe import build_recipe
+    from stages.caption.client import Request, make_client
+
+    params = {"backend": "vllm", "model": "Qwen/Qwen2.5-VL-7B-Instruct",
+              "extra_body": {"top_k": 20, "engine": {"max_model_len": 16384, "tensor_parallel_size": 1}}}
+    stage = CaptionStage(CaptionStage.Params(**params))
+    client = make_client(stage.endpoints()["caption"], 8, "caption")
+    body = client.body(Request(text="describe", images=[b"\xff\xd8jpeg"], schema={"type": "object"}), seed=3)
+    assert body["messages"][0]["content"] == [
+        {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9hqcGVn"}},
+        {"type": "text", "text": "describe"}]
+    assert body["sampling"] == {"temperature": 0.7, "top_p": 0.8, "max_tokens": 2048, "seed": 3, "top_k": 20}
+    assert body["schema"] == {"type": "object"}  # becomes the structured-output SamplingParams keyword
+    assert client.engine_args(4) == {"model": "Qwen/Qwen2.5-VL-7B-Instruct", "max_model_len": 16384,
+                                     "gpu_memory_utilization": 0.85, "limit_mm_per_prompt": {"image": 8},
+                                     "tensor_parallel_size": 1}
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(UserError, match="backend vllm runs .* in-process on a GPU worker and needs the vllm"):
+            stage.preflight()
+    recipe = build_recipe({"stages": {"probe": {}, "scenes": {}, "caption": params}})
+    with pytest.raises(UserError, match="stages caption need a GPU and this Ray cluster has none"):
+        plan_resources(recipe.stages, cluster_cpus=2.0, cluster_gpus=0.0)
+    assert plan_resources(recipe.stages, 16.0, 1.0)["caption"].gpus == 1.0
+    assert plan_resources(build_recipe({"stages": {"probe": {}, "scenes": {}, "caption": {}}}).stages,
+                          16.0, 1.0)["caption"].gpus == 0  # an HTTP client never takes a GPU

@@ -33,7 +33,8 @@ class EndpointParams(StageParams):
     """Where one model is served and how it is asked. Keys never appear here: only the name of the environment
     variable that holds one (the recipe, run.json and the manifests are not secret)."""
 
-    backend: Literal["openai", "gemini"] = "openai"  # gemini: the Gemini API's own REST (generateContent)
+    # gemini: the Gemini API's own REST (generateContent); vllm: the model in-process on this worker's GPU
+    backend: Literal["openai", "gemini", "vllm"] = "openai"
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
     base_url: str | None = None  # e.g. http://gpu-node:8000/v1; None: read from base_url_env
     base_url_env: str = "ACTCURATE_VLM_BASE_URL"
@@ -44,7 +45,9 @@ class EndpointParams(StageParams):
     top_p: float = Field(0.8, gt=0, le=1)
     max_tokens: int = Field(2048, ge=16)
     seed: int = 0  # first attempt's seed; a retry for invalid or degenerate output takes the next one
-    extra_body: dict[str, Any] = Field(default_factory=dict)  # vLLM keys: top_k, repetition_penalty, mm_processor_kwargs
+    # vLLM keys: top_k, repetition_penalty, mm_processor_kwargs; backend vllm: SamplingParams keywords, and under
+    # `engine` the LLM(...) keywords (max_model_len, gpu_memory_utilization, tensor_parallel_size, ...)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
     jpeg_quality: int = Field(90, ge=30, le=100)
     timeout_s: float = Field(120.0, gt=0)  # per request
     max_retries: int = Field(6, ge=0)  # on 408/429/5xx, timeouts and dropped connections
@@ -290,6 +293,10 @@ def make_client(params: EndpointParams, concurrency: int, role: str) -> ChatClie
         from stages.caption.gemini import GeminiClient
 
         return GeminiClient(params, concurrency, role)
+    if params.backend == "vllm":
+        from stages.caption.vllm_engine import VllmClient
+
+        return VllmClient(params, concurrency, role)
     return OpenAIClient(params, concurrency, role)
 
 

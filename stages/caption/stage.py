@@ -43,6 +43,7 @@ class VlmParams(EndpointParams):
     concurrency: int = Field(16, ge=1)  # requests in flight per worker
     workers: int | None = Field(None, ge=1)  # actors at most; the cluster-wide bound is workers x concurrency
     batch_size: int = Field(8, ge=1)  # rows (videos) a worker takes at once; their clips are captioned together
+    gpu_share: float = Field(1.0, gt=0, le=1)  # Ray num_gpus of one worker when a role runs on backend vllm
 
 
 class CaptionParams(VlmParams):
@@ -141,12 +142,15 @@ class VlmStage(Stage):
         return FrameRequest(self.params.fps, self.params.max_side)
 
     def resources_for(self, cluster_gpus: float) -> Resources:
-        # an HTTP client: no GPU whatever the cluster has; its load on the endpoints is workers x concurrency
-        return self.resources.model_copy(update={"batch_size": self.params.batch_size,
-                                                 "max_workers": self.params.workers})
+        # an HTTP client takes no GPU whatever the cluster has; its load on the endpoints is workers x concurrency.
+        # A role on backend vllm runs its model in this actor: the actor needs its GPU share on any cluster.
+        update: dict = {"batch_size": self.params.batch_size, "max_workers": self.params.workers}
+        if self.can_use_gpu():
+            update["gpus"] = self.params.gpu_share
+        return self.resources.model_copy(update=update)
 
     def can_use_gpu(self) -> bool:
-        return False
+        return any(ep.backend == "vllm" for ep in self.endpoints().values())
 
     def preflight(self) -> None:
         for role, endpoint in self.endpoints().items():
