@@ -102,11 +102,12 @@ def main() -> None:
         ensure_ray()
         for level in levels:
             figures = through_ray(server, level, args.latency, f"{tmp}/ray{level}")
-            figures["client_cpu_ms_per_request"] = round(1000 * cpu_per_request(server, level, f"{tmp}/cpu{level}"), 2)
+            cpu = cpu_per_request(server, level, f"{tmp}/cpu{level}")
+            figures["client_cpu_ms_per_request"] = round(1000 * cpu, 2)
             results["levels"][level] = figures
             print(f"{level:4d} in flight: {figures['achieved_rps']:7.1f} req/s of {figures['ideal_rps']:7.1f} ideal "
-                  f"(efficiency {figures['efficiency']:.3f}), client CPU {figures['client_cpu_ms_per_request']} ms/request",
-                  flush=True)
+                  f"(efficiency {figures['efficiency']:.3f}), "
+                  f"client CPU {figures['client_cpu_ms_per_request']} ms/request", flush=True)
         ray.shutdown()
     for level in levels:
         results[f"efficiency_{level}"] = results["levels"][level]["efficiency"]

@@ -171,7 +171,8 @@ def _model_calls(rows: list[dict], order: list[str]) -> list[dict]:
         output = total("output_tokens")
         out.append({"stage": stage, "clips": len(billed), "prompt_tokens": int(total("prompt_tokens")),
                     "output_tokens": int(output), "thinking_tokens": int(total("thinking_tokens")),
-                    "cached_clips": sum(1 for r in billed if r.get(f"{stage}_cached") or r.get(f"{stage}_cached_calls")),
+                    "cached_clips": sum(1 for r in billed
+                                        if r.get(f"{stage}_cached") or r.get(f"{stage}_cached_calls")),
                     "latency_s": round(latency, 3),
                     "output_tokens_per_s": round(output / latency, 1) if latency > 0 else None})
     return out

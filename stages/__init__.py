@@ -15,4 +15,5 @@ STAGES: dict[str, type[Stage]] = {
 }
 
 
-__all__ = ["STAGES", "AestheticStage", "CaptionStage", "MomeStage", "MotionStage", "OcrStage", "PoseStage", "ProbeStage", "ScenesStage"]
+__all__ = ["STAGES", "AestheticStage", "CaptionStage", "MomeStage", "MotionStage", "OcrStage", "PoseStage",
+           "ProbeStage", "ScenesStage"]

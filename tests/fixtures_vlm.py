@@ -179,7 +179,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path.endswith("/models"):
             if self._authorized():
-                self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.state.models]})
+                models = [{"id": m, "object": "model"} for m in self.state.models]
+                self._send(200, {"object": "list", "data": models})
             return
         self._send(404, {"error": {"message": "not found"}})
 
@@ -212,7 +213,8 @@ class Handler(BaseHTTPRequestHandler):
         rule = state.match(model, text, colors) or {}
         fault = str(rule.get("fault", ""))
         with state.lock:
-            state.log.append({"t": time.monotonic(), "model": model, "text": text, "colors": colors, "seed": seed, "fault": fault,
+            state.log.append({"t": time.monotonic(), "model": model, "text": text, "colors": colors, "seed": seed,
+                              "fault": fault,
                               "has_schema": schema is not None, "keys": sorted(body), "body_config":
                               body.get("generationConfig") if gemini else None})
         time.sleep(state.latency + float(rule.get("delay", 0)))

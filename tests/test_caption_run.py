@@ -144,6 +144,7 @@ def test_kill_resume_and_redo_errors_pay_for_no_call_twice(videos, tmp_path):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert all(KEY not in text for text in outputs)
-    logs = [p for p in ray_tmp.rglob("*") if p.is_file() and not p.is_symlink() and p.suffix in (".log", ".out", ".err")]
+    logs = [p for p in ray_tmp.rglob("*")
+            if p.is_file() and not p.is_symlink() and p.suffix in (".log", ".out", ".err")]
     assert logs and not [p for p in logs if KEY.encode() in p.read_bytes()]  # nor in Ray's worker and driver logs
     shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -235,7 +235,8 @@ class OpenAIClient(ChatClient):
             joined = ",".join(base64.b64encode(img).decode() for img in request.images)
             content.append({"type": "video_url", "video_url": {"url": f"data:video/jpeg;base64,{joined}"}})
         else:
-            content += [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(img).decode()}}
+            content += [{"type": "image_url",
+                         "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(img).decode()}}
                         for img in request.images]
         content.append({"type": "text", "text": request.text})
         body: dict[str, Any] = {

@@ -72,7 +72,8 @@ def encode_frames(clip: Clip, indices: list[int], max_side: int, quality: int) -
         h, w = frame.shape[:2]
         if max(h, w) > max_side:
             scale = max_side / max(h, w)
-            frame = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            frame = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))),
+                               interpolation=cv2.INTER_AREA)
         ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frame[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise CaptionFailed(f"could not encode kept frame {i} as JPEG")
