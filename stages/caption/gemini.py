@@ -47,8 +47,8 @@ class GeminiClient(ChatClient):
 
     def body(self, request: Request, seed: int) -> dict[str, Any]:
         p = self.params
-        parts: list[dict[str, Any]] = [{"inlineData": {"mimeType": "image/jpeg", "data": base64.b64encode(img).decode()}}
-                                       for img in request.images]
+        parts: list[dict[str, Any]] = [{"inlineData": {"mimeType": "image/jpeg", "data": b64}}
+                                       for b64 in (base64.b64encode(img).decode() for img in request.images)]
         parts.append({"text": request.text})
         config: dict[str, Any] = {"temperature": p.temperature, "topP": p.top_p, "seed": seed,
                                   "maxOutputTokens": p.max_tokens + (p.thinking_budget or 0)}
