@@ -83,10 +83,10 @@ def audit_with_rows(output: str) -> tuple[dict, list[dict]]:
         "reasons": _reasons(rows),
         "errors": _errors(rows),
         "throughput": _throughput(rows, order, split_at),
-        "tokens": _tokens(table) if table is not None else [],
         "sources": _sources(rows),
         "scores": _scores(table, fields.recipe_params(run_info(store))) if table is not None else [],
         "reviews": reviews.summary(store, {r["clip_id"]: r["status"] for r in rows}),
+        "model_calls": _model_calls(rows, order),
     }
     return report, rows
 
@@ -191,14 +191,6 @@ def _sources(rows: list[dict]) -> list[dict]:
             for name, c in sorted(groups.items())]
 
 
-def _tokens(table) -> list[dict]:
-    """Model tokens per stage and column, where stages record them (caption and MoME calls)."""
-    import pyarrow.compute as pc
-
-    return [{"stage": col.split("_", 1)[0], "column": col, "total": int(pc.sum(table.column(col)).as_py() or 0)}
-            for col in fields.token_columns(table.schema)]
-
-
 HIST_BINS = 20
 
 
@@ -232,6 +224,28 @@ def _scores(table, params: dict[str, dict]) -> list[dict]:
                     "median": float(np.median(values)), "edges": [float(e) for e in edges],
                     "counts": [int(c) for c in counts], "accepted": [int(c) for c in counts_acc],
                     "thresholds": thresholds})
+
+
+def _model_calls(rows: list[dict], order: list[str]) -> list[dict]:
+    """Cost drivers of the stages that call models (those with <stage>_prompt_tokens): tokens in, out and thinking,
+    calls answered from OUT/calls (not paid again), and output tokens per second of call latency."""
+    out = []
+    for stage in order:
+        billed = [r for r in rows if r.get(f"{stage}_prompt_tokens") is not None]
+        if not billed:
+            continue
+
+        def total(column: str) -> float:
+            return sum(r.get(f"{stage}_{column}") or 0 for r in billed)
+
+        latency = total("latency_s")
+        output = total("output_tokens")
+        out.append({"stage": stage, "clips": len(billed), "prompt_tokens": int(total("prompt_tokens")),
+                    "output_tokens": int(output), "thinking_tokens": int(total("thinking_tokens")),
+                    "cached_clips": sum(1 for r in billed
+                                        if r.get(f"{stage}_cached") or r.get(f"{stage}_cached_calls")),
+                    "latency_s": round(latency, 3),
+                    "output_tokens_per_s": round(output / latency, 1) if latency > 0 else None})
     return out
 
 
@@ -281,6 +295,18 @@ def render_text(report: dict, console) -> None:
                       f"{rv['review_accepted']} accepted, {rv['review_rejected']} rejected, "
                       f"{rv['caption_edits']} caption edits, {rv['disputed']} disputed; "
                       f"{rv['accepted_after_review']} accepted clips left after review")
+
+
+    if report.get("model_calls"):
+        calls = Table(title="model calls", title_justify="left")
+        for col in ("stage", "clips", "prompt tokens", "output tokens", "thinking tokens", "cached clips",
+                    "call seconds", "output tokens/s"):
+            calls.add_column(col, justify="left" if col == "stage" else "right")
+        for m in report["model_calls"]:
+            calls.add_row(m["stage"], str(m["clips"]), str(m["prompt_tokens"]), str(m["output_tokens"]),
+                          str(m["thinking_tokens"]), str(m["cached_clips"]), f"{m['latency_s']:.2f}",
+                          _fmt(m["output_tokens_per_s"]))
+        console.print(calls)
 
 
 def _fmt(value) -> str:

@@ -98,11 +98,6 @@ def mome_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if f.name.startswith(MOME_PREFIXES)]
 
 
-def token_columns(schema: pa.Schema) -> list[str]:
-    """Numeric columns counting model tokens (caption_tokens_in, mome_tokens_out, ...): summed per stage."""
-    return [f.name for f in schema if "tokens" in f.name.split("_") and _is_number(f.type)]
-
-
 def recipe_params(run_info: dict | None) -> dict[str, dict]:
     """stage -> its parameters, from OUT/run.json."""
     if not run_info:

@@ -231,11 +231,13 @@ def render_html(report: dict, rows: list[dict] | None = None) -> str:
          num(t["seconds"], f"throughput.{i}.seconds"), num(t["per_s"], f"throughput.{i}.per_s")]
         for i, t in enumerate(through)]))
 
-    tokens = report.get("tokens", [])
-    if tokens:
-        out.append("<h3>Model tokens</h3>")
-        out.append(_table(["stage", "column", "total"], [
-            [esc(t["stage"]), esc(t["column"]), num(t["total"], f"tokens.{i}.total")] for i, t in enumerate(tokens)]))
+    calls = report.get("model_calls", [])
+    if calls:
+        out.append("<h3>Model calls: tokens and cost drivers</h3>")
+        keys = ("clips", "prompt_tokens", "output_tokens", "thinking_tokens", "cached_clips", "latency_s",
+                "output_tokens_per_s")
+        out.append(_table(["stage", *keys], [
+            [esc(c["stage"])] + [num(c[k], f"model_calls.{i}.{k}") for k in keys] for i, c in enumerate(calls)]))
 
     out.append("<h2>By input source</h2>")
     sources = report.get("sources", [])

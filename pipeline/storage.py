@@ -91,11 +91,12 @@ class Store:
         with self.fs.open_input_stream(self._path(rel)) as f:
             return f.read()
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes, sync: bool = True) -> None:
         """Atomic: a reader sees the old content or the new, never a partial file.
 
         Locally: write a temporary name in the same folder, then rename. On S3 an object appears only once its
-        upload completes, so one PUT is already atomic.
+        upload completes, so one PUT is already atomic. `sync=False` skips the fsync (a killed process loses
+        nothing; a machine crash may leave the file empty): for records a reader can do without.
         """
         path = self._path(rel)
         if self.local:
@@ -104,7 +105,8 @@ class Store:
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         else:
             with self.fs.open_output_stream(path) as f:

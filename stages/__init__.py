@@ -2,6 +2,7 @@
 
 from pipeline.stage import Stage
 from stages.aesthetic import AestheticStage
+from stages.caption import CaptionStage, MomeStage
 from stages.motion import MotionStage
 from stages.ocr import OcrStage
 from stages.pose import PoseStage
@@ -9,8 +10,10 @@ from stages.probe import ProbeStage
 from stages.scenes import ScenesStage
 
 STAGES: dict[str, type[Stage]] = {
-    cls.name: cls for cls in (ProbeStage, ScenesStage, PoseStage, OcrStage, AestheticStage, MotionStage)
+    cls.name: cls for cls in (ProbeStage, ScenesStage, PoseStage, OcrStage, AestheticStage, MotionStage, CaptionStage,
+                          MomeStage)
 }
 
 
-__all__ = ["STAGES", "AestheticStage", "MotionStage", "OcrStage", "PoseStage", "ProbeStage", "ScenesStage"]
+__all__ = ["STAGES", "AestheticStage", "CaptionStage", "MomeStage", "MotionStage", "OcrStage", "PoseStage",
+           "ProbeStage", "ScenesStage"]

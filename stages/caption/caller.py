@@ -1,0 +1,130 @@
+"""One model call as the caption stages see it: looked up in OUT/calls first, paid for at most once, retried with a
+new seed when the answer is unusable, and recorded the moment it finishes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pipeline.calls import CallLedger, call_key
+from stages.caption.client import CallError, ChatClient, Request, degenerate
+from stages.caption.styles import text_hash
+
+SUCCESS, TRUNCATED, BLOCKED, ERROR = "success", "truncated", "blocked", "error"
+BLOCK_REASONS = frozenset({"content_filter", "safety", "recitation", "prohibited_content", "blocklist"})
+
+
+@dataclass
+class CallResult:
+    """A finished call: the parsed answer (None unless usable) and what it cost."""
+
+    expert: str
+    model: str
+    outcome: str
+    content: str = ""
+    parsed: Any = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    thinking_tokens: int = 0
+    latency_s: float = 0.0
+    attempts: int = 0
+    seed: int | None = None
+    prompt_hash: str = ""
+    frames_hash: str = ""
+    cached: bool = False
+
+    def record(self) -> dict[str, Any]:
+        fields = ("expert", "model", "outcome", "content", "error", "prompt_tokens", "output_tokens",
+                  "thinking_tokens", "latency_s", "attempts", "seed", "prompt_hash", "frames_hash")
+        return {f: getattr(self, f) for f in fields}
+
+
+@dataclass
+class Caller:
+    """Shares one worker's HTTP clients, its in-flight bound and the run's call records between calls."""
+
+    ledger: CallLedger
+    limit: asyncio.Semaphore
+    clients: dict[str, ChatClient] = field(default_factory=dict)
+    # call-record reads and writes (files or S3 requests) get their own threads: in the loop's default pool
+    # (cores + 4 threads) they queued behind each other and held requests back from the endpoint
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, "call-records"))
+
+    async def io(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def call(self, client: ChatClient, clip_id: str, expert: str, request: Request, frames_hash: str,
+                   parse: Callable[[str], Any], extra_record: dict[str, Any] | None = None) -> CallResult:
+        """`parse` turns the text into the answer or raises ValueError; an answer it rejects is retried with a
+        new seed (never the identical request), as are empty and degenerate answers."""
+        p = client.params
+        prompt_hash = text_hash(request.text, request.schema, p.backend, p.model, p.frames_as, p.temperature, p.top_p,
+                                p.max_tokens, p.extra_body, p.thinking_budget if p.backend == "gemini" else None)
+        key = call_key(clip_id, f"{expert}:{p.model}", prompt_hash, frames_hash)
+        found = await self.io(self.ledger.get, clip_id, key)
+        if found is not None:
+            result = CallResult(**{k: found.get(k) for k in CallResult.__dataclass_fields__
+                                   if k not in ("parsed", "cached")}, cached=True)
+            if result.outcome in (SUCCESS, TRUNCATED):
+                result.parsed = parse(result.content)
+            return result
+
+        result = CallResult(expert, p.model, ERROR, prompt_hash=prompt_hash, frames_hash=frames_hash)
+        for n in range(p.max_seed_retries + 1):
+            seed = p.seed + n
+            result.seed = seed
+            try:
+                async with self.limit:
+                    reply = await client.complete(client.body(request, seed))
+            except CallError as exc:
+                result.outcome, result.error = ERROR, str(exc)
+                result.attempts += 1
+                break  # retries for transient faults already happened inside complete()
+            result.attempts += 1
+            result.latency_s += reply.latency_s  # on the wire, retries included; not the wait for a free slot
+            result.prompt_tokens += reply.prompt_tokens  # every attempt is paid for
+            result.output_tokens += reply.output_tokens
+            result.thinking_tokens += reply.thinking_tokens
+            result.model = reply.model or p.model
+            result.content = reply.content
+            if reply.finish_reason.lower() in BLOCK_REASONS:
+                result.outcome, result.error = BLOCKED, f"blocked ({reply.finish_reason})"
+                break
+            if not reply.content.strip():
+                result.outcome, result.error = ERROR, "empty answer"
+                continue
+            try:
+                result.parsed = parse(reply.content)
+            except ValueError as exc:
+                truncated = reply.finish_reason == "length"
+                result.outcome = TRUNCATED if truncated else ERROR
+                result.error = ("output cut at max_tokens; " if truncated else "invalid answer: ") + str(exc)[:200]
+                if degenerate(reply.content):
+                    result.outcome, result.error = ERROR, "degenerate repetition"
+                continue
+            if degenerate(" ".join(_strings(json.loads(reply.content)))):  # a loop inside valid JSON's text
+                result.parsed, result.outcome, result.error = None, ERROR, "degenerate repetition"
+                continue
+            result.outcome = TRUNCATED if reply.finish_reason == "length" else SUCCESS
+            result.error = None
+            break
+        if result.outcome == TRUNCATED and result.parsed is None:
+            result.outcome = ERROR  # nothing usable came back: a redo may ask again
+        record = {**result.record(), "clip_id": clip_id, **(extra_record or {})}
+        await self.io(self.ledger.put, clip_id, key, record)
+        return result
+
+
+def _strings(value: Any) -> list[str]:
+    """The text leaves of a JSON value (the keys and structure repeat by design; the text must not)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []

@@ -1,0 +1,93 @@
+"""The Gemini API (generateContent) over its own REST, e.g. base_url https://generativelanguage.googleapis.com/v1beta.
+
+The wire format is the one google-genai writes (checked on a local stub in ../shared/research): frames as inline
+JPEG parts, `responseJsonSchema` for structured output, an explicit thinking budget with headroom added to
+`maxOutputTokens` (thinking tokens count against it; without headroom the answer comes back empty or cut).
+Spoken with the same client and retry policy as the OpenAI-compatible backend rather than the SDK, whose own
+retries would hide Retry-After from ours.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+
+from pipeline.errors import UserError
+from stages.caption.client import ChatClient, Reply, Request
+
+# finishReason -> the OpenAI-style reason the caller classifies by
+FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
+          "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
+          "IMAGE_SAFETY": "content_filter"}
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """pydantic's $defs/$ref resolved in place: the Gemini schema subset is safest without references."""
+    defs = schema.get("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].split("/")[-1]])
+            return {k: walk(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+class GeminiClient(ChatClient):
+    def _headers(self) -> dict[str, str]:
+        return {"x-goog-api-key": self.api_key} if self.api_key else {}
+
+    def endpoint(self, body: dict[str, Any]) -> str:
+        return f"{self.url}/models/{self.params.model}:generateContent"
+
+    def body(self, request: Request, seed: int) -> dict[str, Any]:
+        p = self.params
+        parts: list[dict[str, Any]] = [{"inlineData": {"mimeType": "image/jpeg", "data": b64}}
+                                       for b64 in (base64.b64encode(img).decode() for img in request.images)]
+        parts.append({"text": request.text})
+        config: dict[str, Any] = {"temperature": p.temperature, "topP": p.top_p, "seed": seed,
+                                  "maxOutputTokens": p.max_tokens + (p.thinking_budget or 0)}
+        if p.thinking_budget is not None:
+            config["thinkingConfig"] = {"thinkingBudget": p.thinking_budget}
+        if request.schema is not None:
+            config["responseMimeType"] = "application/json"
+            config["responseJsonSchema"] = inline_refs(request.schema)
+        body = {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
+        body.update(p.extra_body)
+        return body
+
+    def _reply(self, data: dict[str, Any]) -> Reply:
+        usage = data.get("usageMetadata") or {}
+        candidates = data.get("candidates") or []
+        tokens = dict(prompt_tokens=int(usage.get("promptTokenCount") or 0),
+                      output_tokens=int(usage.get("candidatesTokenCount") or 0),
+                      thinking_tokens=int(usage.get("thoughtsTokenCount") or 0))
+        model = data.get("modelVersion") or self.params.model
+        if not candidates:  # the prompt itself was blocked
+            reason = (data.get("promptFeedback") or {}).get("blockReason")
+            return Reply("", "content_filter" if reason else "", model, **tokens)
+        candidate = candidates[0]
+        parts = (candidate.get("content") or {}).get("parts") or []
+        text = "".join(part.get("text", "") for part in parts if not part.get("thought"))
+        finish = FINISH.get(candidate.get("finishReason", ""), (candidate.get("finishReason") or "").lower())
+        return Reply(text, finish, model, **tokens)
+
+    def check(self) -> None:
+        """GET models/{model}: the key is taken (the API answers 400 API_KEY_INVALID for a bad one) and the model
+        exists."""
+        response = self._get(f"{self.url}/models/{self.params.model}")
+        self._check_response(response)
+        if response.status_code == 400 and "API_KEY" in response.text:
+            raise UserError(f"{self.role}: {self.url} refused the key in {self.params.api_key_env} (HTTP 400)")
+        if response.status_code == 404:
+            raise UserError(f"{self.role}: {self.url} does not serve model {self.params.model!r}")
+        if response.status_code != 200:
+            raise UserError(f"{self.role}: {self.url}/models/{self.params.model} answered HTTP {response.status_code}")
+
+
+__all__ = ["GeminiClient"]

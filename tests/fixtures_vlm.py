@@ -1,0 +1,321 @@
+"""A local OpenAI-compatible chat server (and Gemini generateContent) for the tests, run as its own process:
+
+    python tests/fixtures_vlm.py [--api-key K] [--latency S] [--models a,b]   (prints "PORT <n>" when ready)
+
+It answers from scripted rules that depend on the prompt text, the model and the images (each JPEG's mean colour
+is named, so a different frame changes the answer), fills the requested json_schema, injects latency and faults,
+and counts requests. Control: POST /_rules (a JSON list, replaces the rules), GET /_stats, POST /_reset.
+
+A rule: {"model": exact, "text": regex over the prompt, "colors": [names every one of which must be seen],
+"times": how many matching requests it applies to, "fault": 429|500|400|timeout|malformed|empty|repeat|length|
+blocked, "retry_after": s, "delay": s, "set": {field: value} merged into the generated answer}. The first active
+matching rule applies; with none, the answer is generated from the schema alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import colorsys
+import hashlib
+import json
+import re
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cv2
+import numpy as np
+
+HUES = ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "magenta"]
+
+
+def color_name(jpeg: bytes) -> str:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return "undecodable"
+    b, g, r = (float(v) / 255 for v in image.reshape(-1, 3).mean(axis=0))
+    h, s, v = colorsys.rgb_to_hsv(r, g, b)
+    if v < 0.15:
+        return "black"
+    if s < 0.15:
+        return "grey" if v < 0.85 else "white"
+    return HUES[int(((h * 360 + 22.5) % 360) // 45)]
+
+
+def images_of(messages: list[dict]) -> list[bytes]:
+    found = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            url = (part.get("image_url") or part.get("video_url") or {}).get("url", "")
+            if url.startswith("data:"):
+                payload = url.split(",", 1)[1]
+                # a pre-sampled video: data:video/jpeg;base64,<f1>,<f2>,...
+                found += [base64.b64decode(chunk) for chunk in payload.split(",")]
+    return found
+
+
+def gemini_request(body: dict) -> tuple[str, list[bytes], dict | None]:
+    """The prompt text, the inline images and the schema of a generateContent body."""
+    texts, images = [], []
+    for content in body.get("contents", []):
+        for part in content.get("parts", []):
+            if "text" in part:
+                texts.append(part["text"])
+            elif "inlineData" in part:
+                images.append(base64.b64decode(part["inlineData"]["data"]))
+    config = body.get("generationConfig") or {}
+    return "\n".join(texts), images, config.get("responseJsonSchema") or config.get("responseSchema")
+
+
+def text_of(messages: list[dict]) -> str:
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out += [p.get("text", "") for p in content if p.get("type") == "text"]
+    return "\n".join(out)
+
+
+def generate(schema: dict, defs: dict, words: str, name: str = ""):
+    """A value that fits `schema` (the subset pydantic emits), its strings naming what the server saw."""
+    if "$ref" in schema:
+        return generate(defs[schema["$ref"].split("/")[-1]], defs, words, name)
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        return {k: generate(v, defs, words, k) for k, v in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [generate(schema.get("items", {}), defs, words, name)]
+    if kind == "integer":
+        return max(1, schema.get("minimum", 1))
+    if kind == "number":
+        return 1.0
+    if kind == "boolean":
+        return True
+    return f"{name}: {words}"
+
+
+class State:
+    def __init__(self, api_key: str | None, latency: float, models: list[str]):
+        self.api_key, self.latency, self.models = api_key, latency, models
+        self.lock = threading.Lock()
+        self.rules: list[dict] = []
+        self.used: list[int] = []
+        self.log: list[dict] = []
+
+    def match(self, model: str, text: str, colors: list[str]) -> dict | None:
+        with self.lock:
+            for i, rule in enumerate(self.rules):
+                if "model" in rule and rule["model"] != model:
+                    continue
+                if "text" in rule and not re.search(rule["text"], text, re.S):
+                    continue
+                if "colors" in rule and not set(rule["colors"]) <= set(colors):
+                    continue
+                if "times" in rule and self.used[i] >= rule["times"]:
+                    continue
+                self.used[i] += 1
+                return rule
+        return None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: State
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def setup(self):
+        super().setup()
+        # headers and body leave in two writes: without this, Nagle and delayed ACKs add ~40 ms to every answer
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, str(v))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        key = self.state.api_key
+        if "x-goog-api-key" in self.headers or ":generateContent" in self.path or "/v1beta/" in self.path:
+            if key and self.headers.get("x-goog-api-key") != key:  # what the Gemini API answers a bad key
+                self._send(400, {"error": {"code": 400, "message": "API key not valid.", "status": "INVALID_ARGUMENT",
+                                           "details": [{"reason": "API_KEY_INVALID"}]}})
+                return False
+            return True
+        if key and self.headers.get("Authorization") != f"Bearer {key}":
+            self._send(401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
+            return False
+        return True
+
+    def do_GET(self):
+        if self.path.startswith("/_stats"):
+            with self.state.lock:
+                brief = "brief" in self.path  # /_stats?brief: counts and arrival times only (benchmarks)
+                log = [{"t": e["t"]} for e in self.state.log] if brief else self.state.log
+                return self._send(200, {"requests": len(self.state.log), "log": log})
+        gemini_model = re.search(r"/v1beta/models/([^:]+)$", self.path)
+        if gemini_model:
+            if self._authorized():
+                name = gemini_model.group(1)
+                if self.state.models and name not in self.state.models:
+                    return self._send(404, {"error": {"code": 404, "message": f"models/{name} is not found"}})
+                self._send(200, {"name": f"models/{name}"})
+            return
+        if self.path.endswith("/models"):
+            if self._authorized():
+                models = [{"id": m, "object": "model"} for m in self.state.models]
+                self._send(200, {"object": "list", "data": models})
+            return
+        self._send(404, {"error": {"message": "not found"}})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        state = self.state
+        if self.path == "/_rules":
+            with state.lock:
+                state.rules, state.used = body, [0] * len(body)
+            return self._send(200, {"ok": True})
+        if self.path == "/_reset":
+            with state.lock:
+                state.log.clear()
+            return self._send(200, {"ok": True})
+        gemini = re.search(r"/models/([^/:]+):generateContent$", self.path)
+        if not self.path.endswith("/chat/completions") and not gemini:
+            return self._send(404, {"error": {"message": "not found"}})
+        if not self._authorized():
+            return
+        if gemini:
+            model = gemini.group(1)
+            text, images, schema = gemini_request(body)
+            seed = (body.get("generationConfig") or {}).get("seed")
+        else:
+            model, messages = body.get("model", ""), body.get("messages", [])
+            text, images = text_of(messages), images_of(messages)
+            schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+            seed = body.get("seed")
+        colors = [color_name(img) for img in images]
+        rule = state.match(model, text, colors) or {}
+        fault = str(rule.get("fault", ""))
+        with state.lock:
+            state.log.append({"t": time.monotonic(), "model": model, "text": text, "colors": colors, "seed": seed,
+                              "fault": fault,
+                              "has_schema": schema is not None, "keys": sorted(body), "body_config":
+                              body.get("generationConfig") if gemini else None})
+        time.sleep(state.latency + float(rule.get("delay", 0)))
+        if fault in ("429", "500", "503", "400", "403"):
+            headers = {"Retry-After": rule["retry_after"]} if "retry_after" in rule else {}
+            return self._send(int(fault), {"error": {"message": f"injected {fault}"}}, headers)
+        if fault == "timeout":
+            time.sleep(float(rule.get("hang", 5)))
+        digest = hashlib.sha1((text + "|".join(colors)).encode()).hexdigest()[:6]
+        words = f"{model} saw {' '.join(colors) or 'no images'} [{digest}]"
+        if schema:
+            answer = generate(schema, schema.get("$defs", {}), words)
+            if isinstance(answer, dict):
+                answer.update(rule.get("set", {}))
+            content = json.dumps(answer)
+        else:
+            content = words
+        finish = "stop"
+        if fault == "malformed":
+            content = content[: len(content) // 2] + "}}{"
+        elif fault == "empty":
+            content = ""
+        elif fault == "repeat":
+            content, finish = "the person waves the left hand " * 300, "length"
+        elif fault == "length":
+            content, finish = content[: len(content) // 2], "length"
+        elif fault == "blocked":
+            content, finish = "", "content_filter"
+        prompt_tokens, output_tokens = 100 + 50 * len(colors), max(1, len(content) // 4)
+        if gemini:
+            reasons = {"stop": "STOP", "length": "MAX_TOKENS", "content_filter": "SAFETY"}
+            parts = [{"text": "let me think", "thought": True}, {"text": content}]
+            return self._send(200, {
+                "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": reasons[finish]}],
+                "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": output_tokens,
+                                  "thoughtsTokenCount": 7}, "modelVersion": model})
+        self._send(200, {
+            "id": f"cmpl-{digest}", "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 100 + 50 * len(colors), "completion_tokens": max(1, len(content) // 4),
+                      "total_tokens": 100 + 50 * len(colors) + len(content) // 4}})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--api-key")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--models", default="")
+    args = parser.parse_args(argv)
+    Handler.state = State(args.api_key, args.latency, [m for m in args.models.split(",") if m])
+    # one thread per connection, all sleeping out the latency: with the default 5 ms GIL switch interval a
+    # hundred of them queue for the GIL and the server, not the client under test, sets the pace
+    sys.setswitchinterval(0.0002)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    server.request_queue_size = 1024
+    print(f"PORT {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+class VlmServer:
+    """The server as a child process, for tests: `with VlmServer(api_key=...) as s: s.url, s.rules([...])`."""
+
+    def __init__(self, api_key: str | None = None, latency: float = 0.0, models: tuple[str, ...] = ()):
+        self.args = [f"--latency={latency}", f"--models={','.join(models)}"] + (
+            [f"--api-key={api_key}"] if api_key else [])
+
+    def __enter__(self) -> "VlmServer":
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, __file__, *self.args], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.proc.kill()
+            raise RuntimeError(f"the test VLM server did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.root}/v1"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def _post(self, path: str, payload) -> dict:
+        import requests
+
+        return requests.post(self.root + path, json=payload, timeout=10).json()
+
+    def rules(self, rules: list[dict]) -> None:
+        self._post("/_rules", rules)
+
+    def reset(self) -> None:
+        self._post("/_reset", {})
+
+    def stats(self, brief: bool = False) -> dict:
+        import requests
+
+        return requests.get(self.root + "/_stats" + ("?brief" if brief else ""), timeout=30).json()
+
+
+if __name__ == "__main__":
+    main()
