@@ -86,7 +86,7 @@ def audit_with_rows(output: str) -> tuple[dict, list[dict]]:
         "sources": _sources(rows),
         "scores": _scores(table, fields.recipe_params(run_info(store))) if table is not None else [],
         "reviews": reviews.summary(store, {r["clip_id"]: r["status"] for r in rows}),
-        "model_calls": _model_calls(rows, order),
+        "model_calls": _model_calls(table, order) if table is not None else [],
     }
     return report, rows
 
@@ -224,13 +224,20 @@ def _scores(table, params: dict[str, dict]) -> list[dict]:
                     "median": float(np.median(values)), "edges": [float(e) for e in edges],
                     "counts": [int(c) for c in counts], "accepted": [int(c) for c in counts_acc],
                     "thresholds": thresholds})
+    return out
 
 
-def _model_calls(rows: list[dict], order: list[str]) -> list[dict]:
+def _model_calls(table, order: list[str]) -> list[dict]:
     """Cost drivers of the stages that call models (those with <stage>_prompt_tokens): tokens in, out and thinking,
     calls answered from OUT/calls (not paid again), and output tokens per second of call latency."""
     out = []
     for stage in order:
+        wanted = [f"{stage}_{k}" for k in ("prompt_tokens", "output_tokens", "thinking_tokens", "latency_s",
+                                          "cached", "cached_calls")]
+        present = [c for c in wanted if c in table.column_names]
+        if f"{stage}_prompt_tokens" not in present:
+            continue
+        rows = table.select(present).to_pylist()
         billed = [r for r in rows if r.get(f"{stage}_prompt_tokens") is not None]
         if not billed:
             continue
