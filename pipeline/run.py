@@ -14,7 +14,8 @@ from manifests.schema import manifest_schema
 from pipeline.collector import ShardCollector
 from pipeline.commits import committed_shards
 from pipeline.errors import UserError
-from pipeline.executor import DEFAULT_CHUNK_BYTES, build_dataset, decode_clips, ensure_ray, namespace
+from pipeline.executor import (DEFAULT_CHUNK_BYTES, build_dataset, decode_clips, describe_pending, ensure_ray,
+                                namespace)
 from pipeline.plan import Plan, PlannedVideo, load_or_create_plan
 from pipeline.progress import RunProgress, start_progress_actor
 from pipeline.recipe import Recipe
@@ -49,6 +50,7 @@ class RunResult:
     videos_processed: int = 0
     seconds: float = 0.0
     stage_counts: dict[str, list[int]] = field(default_factory=dict)  # stage -> [clips in, out], as progress showed
+    stage_nodes: dict[str, list[str]] = field(default_factory=dict)  # stage -> Ray node ids its workers ran on
 
 
 def package_versions() -> dict[str, str]:
@@ -145,11 +147,12 @@ def run(opts: RunOptions) -> RunResult:
     split = recipe.split_stage
     video_level = len(recipe.stages) if split is None else recipe.stage_names().index(split) + 1
     with RunProgress(recipe.stage_names(), len(todo), actor=actor, interactive=opts.progress,
-                     video_level_stages=video_level) as progress:
+                     video_level_stages=video_level, explain_stall=describe_pending) as progress:
         collector.on_commit = lambda shard_id, record: progress.videos_committed(len(expected[shard_id]))
         for row in dataset.iter_rows():
             collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
         _retry_lost_videos(collector, dataset_of, progress)
+    result.stage_nodes = _stage_nodes(actor)
     _kill_quietly(actor)
     result.stage_counts = progress.counts
     result.shards_committed_now = collector.committed
@@ -175,6 +178,15 @@ def _retry_lost_videos(collector: ShardCollector, dataset_of, progress: RunProgr
         collector.record_lost(video, RuntimeError(
             "a worker process died while processing this video, in its batch and again alone (a crash in a decoder "
             "or model, or a lost node); retry it with --redo-errors"))
+
+
+def _stage_nodes(actor) -> dict[str, list[str]]:
+    import ray
+
+    try:
+        return ray.get(actor.stage_nodes.remote(), timeout=10)
+    except Exception:  # a report, not a result: never fail a finished run over it
+        return {}
 
 
 def _kill_quietly(actor) -> None:
