@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 def start_progress_actor(namespace: str, name: str):
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
     class ProgressCounter:
@@ -37,7 +38,9 @@ def start_progress_actor(namespace: str, name: str):
         def stage_nodes(self) -> dict[str, list[str]]:
             return {stage: sorted(ids) for stage, ids in self.nodes.items()}
 
-    return ProgressCounter.options(name=name, namespace=namespace).remote()
+    # On the driver's node: a node lost mid-run must not take the run's counts with it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ProgressCounter.options(name=name, namespace=namespace, scheduling_strategy=here).remote()
 
 
 # A run with no clip in or out of any stage and no commit for this long says what it waits for (0: never).

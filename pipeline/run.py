@@ -152,6 +152,8 @@ def run(opts: RunOptions) -> RunResult:
         for row in dataset.iter_rows():
             collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
         _retry_lost_videos(collector, dataset_of, progress)
+        for shard_id, error in sorted(collector.commit_errors.items()):
+            progress.note(f"{shard_id} could not be committed and stays pending: {error}")
     result.stage_nodes = _stage_nodes(actor)
     _kill_quietly(actor)
     result.stage_counts = progress.counts

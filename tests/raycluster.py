@@ -90,6 +90,18 @@ class LocalCluster:
         roots = {p for p in self._node_pids[index] if Path(f"/proc/{p}").exists()}
         return roots | _descendants(roots)
 
+    def busy_workers(self, index: int) -> list[str]:
+        """Titles of the node's Ray workers that run a task or hold an actor now (`ray::MapWorker(...)`, ...)."""
+        titles = []
+        for pid in self.node_processes(index):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::") and not title.startswith("ray::IDLE"):
+                titles.append(title)
+        return titles
+
     # -- faults ------------------------------------------------------------------------------------------------------
     def kill_node(self, index: int) -> int:
         """SIGKILL every process of node `index` (raylet, its workers, its agents); returns how many."""
