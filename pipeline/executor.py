@@ -259,7 +259,9 @@ def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: st
     import ray
     import ray.data
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # CRITICAL: a node lost mid-run makes Ray Data log a page of stack trace; the run says it in one line itself
+    # (run._stream), and Ray Data's own log file under the Ray session keeps the details.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own per-stage progress replaces Ray's
     ctx.verbose_stats_logs = False

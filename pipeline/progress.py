@@ -38,9 +38,11 @@ def start_progress_actor(namespace: str, name: str):
         def stage_nodes(self) -> dict[str, list[str]]:
             return {stage: sorted(ids) for stage, ids in self.nodes.items()}
 
-    # On the driver's node: a node lost mid-run must not take the run's counts with it.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ProgressCounter.options(name=name, namespace=namespace, scheduling_strategy=here).remote()
+    # On the head node (where a cluster's driver runs): a worker node lost mid-run must not take the counts with it.
+    heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]]
+    node = heads[0] if heads else ray.get_runtime_context().get_node_id()
+    return ProgressCounter.options(name=name, namespace=namespace,
+                                   scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
 
 
 # A run with no clip in or out of any stage and no commit for this long says what it waits for (0: never).

@@ -149,8 +149,10 @@ def run(opts: RunOptions) -> RunResult:
     with RunProgress(recipe.stage_names(), len(todo), actor=actor, interactive=opts.progress,
                      video_level_stages=video_level, explain_stall=describe_pending) as progress:
         collector.on_commit = lambda shard_id, record: progress.videos_committed(len(expected[shard_id]))
-        for row in dataset.iter_rows():
-            collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
+        broken = _stream(dataset, collector)
+        if broken:
+            progress.note(f"the run lost Ray workers mid-stream ({broken}); its unfinished videos run again on the "
+                          "nodes left")
         _retry_lost_videos(collector, dataset_of, progress)
         for shard_id, error in sorted(collector.commit_errors.items()):
             progress.note(f"{shard_id} could not be committed and stays pending: {error}")
@@ -164,18 +166,36 @@ def run(opts: RunOptions) -> RunResult:
     return result
 
 
+def _stream(dataset, collector: ShardCollector) -> str | None:
+    """Feeds the dataset's rows to the collector (which commits each complete shard); returns why the stream broke
+    (a node lost with an actor on it ends Ray Data's whole execution), or None when it ran to its end."""
+    from ray.exceptions import RayError
+
+    try:
+        for row in dataset.iter_rows():
+            collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
+    except RayError as exc:
+        text = str(exc).strip()
+        return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+    return None
+
+
 def _retry_lost_videos(collector: ShardCollector, dataset_of, progress: RunProgress) -> None:
     """A worker that dies (a segfaulting decoder, a killed node) takes its whole batch with it: those videos are
     run again one per call, so only the video that kills a worker again is lost, and it becomes an error row (its
-    shard commits; `--redo-errors` tries it again) instead of blocking its shard for ever."""
+    shard commits; `--redo-errors` tries it again) instead of blocking its shard for ever. If the retry's stream
+    itself breaks (the cluster keeps losing nodes), nothing says which video is to blame: their shards stay pending
+    for the next run."""
     lost = collector.missing_videos()
     if not lost:
         return
     progress.note(f"{len(lost)} video(s) lost with a worker that died; running them again one at a time")
     for video in lost:
         collector.forget(video)
-    for row in dataset_of(lost, one_video_per_call=True).iter_rows():
-        collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
+    broken = _stream(dataset_of(lost, one_video_per_call=True), collector)
+    if broken:
+        progress.note(f"the retry lost Ray workers too ({broken}); {len(collector.pending)} shard(s) stay pending")
+        return
     for video in collector.missing_videos():
         collector.record_lost(video, RuntimeError(
             "a worker process died while processing this video, in its batch and again alone (a crash in a decoder "
