@@ -176,14 +176,17 @@ def _node_id() -> str | None:
 
 
 def describe_pending() -> str:
-    """What a stalled run waits for, in Ray's words: resource demands no node grants now, and free CPUs per node."""
-    import ray
-    from ray._private.state import available_resources_per_node
-    from ray.autoscaler.v2.sdk import get_cluster_status
+    """What a stalled run waits for, in Ray's words: the resource demands no node grants now (what `ray status` lists
+    under "Pending Demands", from the autoscaler monitor's report) and the free CPUs of each node."""
+    import json
 
-    status = get_cluster_status(ray.get_runtime_context().gcs_address, timeout=10)
-    demands = [f"{b.count}x {b.bundle}" for d in status.resource_demands.ray_task_actor_demand
-               for b in d.bundles_by_count]
+    from ray._private import ray_constants
+    from ray._private.state import available_resources_per_node
+    from ray.experimental import internal_kv
+
+    raw = internal_kv._internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    report = json.loads(raw).get("load_metrics_report", {}) if raw else {}
+    demands = [f"{count}x {bundle}" for bundle, count in report.get("resource_demand") or []]
     free = {node[:8]: round(res.get("CPU", 0.0), 3) for node, res in available_resources_per_node().items()}
     return (f"pending Ray demands {', '.join(demands) or 'none'}; free CPUs per node {free}; "
             f"{len(alive_nodes())} node(s) alive")

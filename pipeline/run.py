@@ -23,6 +23,10 @@ from pipeline.stage import RunContext
 from pipeline.storage import Store, check_writable
 
 RUN_JSON = "run.json"
+# A Ray dataset is built from its items in the driver, one block per video: a million pending videos would be a
+# million pickled rows and blocks before the first one starts. So a run streams its pending shards in windows of
+# about this many videos, one dataset each (actor pools start again per window: seconds per 10,000 videos).
+WINDOW_VIDEOS = 10_000
 VERSIONED_PACKAGES = ("actcurate", "ray", "av", "scenedetect", "opencv-python-headless", "pyarrow", "numpy")
 
 
@@ -38,6 +42,7 @@ class RunOptions:
     progress: bool | None = None  # None: bars on a terminal, log lines otherwise
     models_dir: str | None = None  # --models-dir: model files searched before the cache
     chunk_bytes: int = DEFAULT_CHUNK_BYTES  # a long video leaves the splitting stage in parts of about this size
+    window_videos: int = WINDOW_VIDEOS  # pending videos streamed per Ray dataset (whole shards; see _windows)
 
 
 @dataclass
@@ -140,7 +145,8 @@ def run(opts: RunOptions) -> RunResult:
         return build_dataset(recipe, videos, progress_actor=actor_name, context=context,
                              chunk_bytes=opts.chunk_bytes, one_video_per_call=one_video_per_call)
 
-    dataset = dataset_of(todo)  # lazy; checks the cluster's resources before the progress actor starts
+    windows = _windows(expected, opts.window_videos)
+    first = dataset_of(windows[0])  # lazy; checks the cluster's resources before the progress actor starts
     actor = start_progress_actor(namespace(), actor_name)
     collector = ShardCollector(store, schema, recipe.hash, expected, {v.video_id: v.order for v in plan.videos},
                                kept_rows=kept)
@@ -149,10 +155,11 @@ def run(opts: RunOptions) -> RunResult:
     with RunProgress(recipe.stage_names(), len(todo), actor=actor, interactive=opts.progress,
                      video_level_stages=video_level, explain_stall=describe_pending) as progress:
         collector.on_commit = lambda shard_id, record: progress.videos_committed(len(expected[shard_id]))
-        broken = _stream(dataset, collector)
-        if broken:
-            progress.note(f"the run lost Ray workers mid-stream ({broken}); its unfinished videos run again on the "
-                          "nodes left")
+        for index, window in enumerate(windows):
+            broken = _stream(first if index == 0 else dataset_of(window), collector)
+            if broken:
+                progress.note(f"the run lost Ray workers mid-stream ({broken}); its unfinished videos run again "
+                              "on the nodes left")
         _retry_lost_videos(collector, dataset_of, progress)
         for shard_id, error in sorted(collector.commit_errors.items()):
             progress.note(f"{shard_id} could not be committed and stays pending: {error}")
@@ -164,6 +171,17 @@ def run(opts: RunOptions) -> RunResult:
     result.videos_processed = len(todo)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _windows(expected: dict[str, list[PlannedVideo]], size: int) -> list[list[PlannedVideo]]:
+    """The pending videos in shard order, cut into lists of about `size` videos that never split a shard (a shard
+    commits within its window, so memory held for incomplete shards stays bounded too)."""
+    windows: list[list[PlannedVideo]] = [[]]
+    for shard_id in sorted(expected):
+        if windows[-1] and len(windows[-1]) + len(expected[shard_id]) > size:
+            windows.append([])
+        windows[-1].extend(expected[shard_id])
+    return windows
 
 
 def _stream(dataset, collector: ShardCollector) -> str | None:
