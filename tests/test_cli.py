@@ -118,6 +118,7 @@ def test_sigkill_of_the_driver_at_random_points_then_resume_equals_an_uninterrup
         if (out / "plan" / "plan.json").exists():
             status = actcurate("status", out, "--json")
             assert status.returncode == 0, (seed, kills, status.stderr)  # never a half-written shard or plan
+    print(f"seed {seed}: driver killed after {kills} s")
     assert kills, f"seed {seed}: no kill landed"
     _resume_and_compare(many_videos, out, uninterrupted)
 

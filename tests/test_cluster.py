@@ -42,6 +42,18 @@ def videos(tmp_path_factory) -> Path:
     return root
 
 
+COMMON = ["--recipe", "quickstart", "--shard-size", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(videos, tmp_path_factory) -> Path:
+    """The same run on an embedded local Ray, uninterrupted: what every cluster run must equal."""
+    out = tmp_path_factory.mktemp("cluster-reference") / "out"
+    run = actcurate("run", *COMMON, "--input", videos, "--output", out)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out
+
+
 def node_ids(cluster: LocalCluster) -> dict[str, int]:
     """Ray node id -> index of the `ray start` that made it (each node carries a resource acr_node_<index>)."""
     code = ("import json, ray; ray.init(address=%r, logging_level='ERROR');"
@@ -53,24 +65,20 @@ def node_ids(cluster: LocalCluster) -> dict[str, int]:
     return {node: int(names[0].rsplit("_", 1)[1]) for node, names in found.items() if names}
 
 
-def test_two_nodes_of_one_cpu_run_the_quickstart_on_both_nodes(videos, tmp_path):
+def test_two_nodes_of_one_cpu_run_the_quickstart_on_both_nodes(videos, uninterrupted, tmp_path):
     """The reported hang: two 1-CPU nodes, quickstart stuck after probe on a {'CPU': 1.0} demand no node could
     grant (the actors' fractional shares left half a CPU free on each node)."""
     with LocalCluster([1, 1]) as cluster:
-        run = actcurate("run", "--recipe", "quickstart", "--input", videos, "--output", tmp_path / "out",
-                        "--shard-size", "2", "--no-progress", "--address", cluster.address,
+        run = actcurate("run", *COMMON, "--input", videos, "--output", tmp_path / "out", "--address", cluster.address,
                         env={**cluster.env, "ACTCURATE_STALL_S": "60"}, timeout=240)
         assert run.returncode == 0, run.stderr[-3000:]
-        assert "6 of 6 shards" in run.stdout
+        assert "12 of 12 shards" in run.stdout
         assert "no progress for" not in run.stderr
         line = next(x for x in run.stdout.splitlines() if x.startswith("workers ran on"))
         reported = set(re.findall(r"\b[0-9a-f]{8}\b", line))
         nodes = node_ids(cluster)
         assert {n[:8] for n in nodes} == reported, (line, nodes)  # both nodes, and only this cluster's
-    local = actcurate("run", "--recipe", "quickstart", "--input", videos, "--output", tmp_path / "local",
-                      "--shard-size", "2", "--no-progress")
-    assert local.returncode == 0, local.stderr[-3000:]
-    assert clip_rows(str(tmp_path / "out")) == clip_rows(str(tmp_path / "local"))  # same rows wherever it ran
+    assert clip_rows(str(tmp_path / "out")) == clip_rows(str(uninterrupted))  # same rows wherever it ran
 
 
 def test_a_cluster_that_cannot_run_the_recipe_is_refused_in_one_line(videos, tmp_path):
@@ -95,10 +103,8 @@ def test_an_unreachable_address_fails_fast_in_one_line(videos, tmp_path):
         assert time.monotonic() - started < 60
 
 
-def test_sigkill_of_the_second_node_mid_run_then_resume_equals_an_uninterrupted_run(videos, tmp_path):
-    common = ["--recipe", "quickstart", "--input", videos, "--shard-size", "1", "--no-progress"]
-    whole = actcurate("run", *common, "--output", tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
+def test_sigkill_of_the_second_node_mid_run_then_resume_equals_an_uninterrupted_run(videos, uninterrupted, tmp_path):
+    common = [*COMMON, "--input", videos]
 
     out = tmp_path / "killed"
     with LocalCluster([1, 1]) as cluster:
@@ -134,4 +140,4 @@ def test_sigkill_of_the_second_node_mid_run_then_resume_equals_an_uninterrupted_
         # the resume runs on what is left of the cluster: the head alone, 1 CPU
         resumed = actcurate("run", *common, "--output", out, "--address", cluster.address, env=env)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert clip_rows(str(out)) == clip_rows(str(tmp_path / "whole"))  # no clip lost or doubled
+    assert clip_rows(str(out)) == clip_rows(str(uninterrupted))  # no clip lost or doubled
