@@ -116,8 +116,12 @@ def test_sigkill_of_the_driver_at_random_points_then_resume_equals_an_uninterrup
             _kill(proc)
             kills.append(round(delay, 2))
         if (out / "plan" / "plan.json").exists():
+            # never a half-written plan or shard: status reads them all. Its exit code is not checked: pyarrow 26
+            # aborts now and then at interpreter exit after reading Parquet ("terminate called without an active
+            # exception", also before this test existed), after the JSON is out.
             status = actcurate("status", out, "--json")
-            assert status.returncode == 0, (seed, kills, status.stderr)  # never a half-written shard or plan
+            shards = json.loads(status.stdout)["shards"]
+            assert shards["committed"] + shards["pending"] == 25, (seed, kills, status.stderr)
     print(f"seed {seed}: driver killed after {kills} s")
     assert kills, f"seed {seed}: no kill landed"
     _resume_and_compare(many_videos, out, uninterrupted)
