@@ -69,7 +69,9 @@ class LocalCluster:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=self.start_timeout, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"ray start failed ({done.returncode}): {done.stderr[-2000:]}")
-        self._node_pids.append(self._ray_pids() - before)
+        # new processes that name the temp dir, less the workers earlier nodes started meanwhile (their children)
+        earlier = set().union(*self._node_pids) if self._node_pids else set()
+        self._node_pids.append(self._ray_pids() - before - _descendants(earlier))
 
     def _ray_pids(self) -> set[int]:
         """Processes whose command line names this cluster's temp dir (raylet, GCS, workers of every node)."""
