@@ -69,6 +69,10 @@ def _print_run_result(result) -> None:
     done = result.shards_total - len(result.shards_pending)
     console.print(f"committed {len(result.shards_committed_now)} shard(s) in {result.seconds:.1f}s; "
                   f"{done} of {result.shards_total} shards of {result.output} are committed")
+    nodes = sorted({n for ids in result.stage_nodes.values() for n in ids})
+    if len(nodes) > 1:
+        console.print(f"workers ran on {len(nodes)} nodes: " + "  ".join(
+            f"{stage} {','.join(n[:8] for n in ids)}" for stage, ids in result.stage_nodes.items()))
     if result.shards_pending:
         console.print(f"[red]{len(result.shards_pending)} shard(s) did not complete[/red] "
                       f"({', '.join(result.shards_pending[:5])}); run the same command again to retry them")

@@ -47,6 +47,7 @@ class ShardCollector:
         self.videos: dict[str, dict[str, _VideoParts]] = {s: {} for s in expected}
         self.on_commit = on_commit
         self.committed: list[str] = []
+        self.commit_errors: dict[str, str] = {}  # shard -> why its commit failed (it stays pending)
 
     def add(self, shard_id: str, video_id: str, part: int, last: bool, clips: list[Clip]) -> str | None:
         """Record one row; returns the shard id if this row completed (and so committed) its shard."""
@@ -74,14 +75,20 @@ class ShardCollector:
         order = self.order
         rows.sort(key=lambda r: (order.get(r["video_id"], -1), r["video_id"], r["clip_index"], r["start_s"]))
         table = pa.Table.from_pylist(rows, schema=self.schema)
-        record = commit_shard(self.store, shard_id, table, self.recipe_hash)
+        try:
+            record = commit_shard(self.store, shard_id, table, self.recipe_hash)
+        except OSError as exc:
+            # Storage failed past its retries (S3 down, a full disk): the shard has no valid commit record, so it
+            # stays pending for the next run, and this run goes on with the other shards.
+            self.commit_errors[shard_id] = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            return
         self.committed.append(shard_id)
         if self.on_commit:
             self.on_commit(shard_id, record)
 
     @property
     def pending(self) -> list[str]:
-        return sorted(self.videos)
+        return sorted(set(self.videos) | set(self.commit_errors))
 
     def missing_videos(self) -> list[PlannedVideo]:
         """Videos of pending shards whose rows have not all arrived (a worker died with them)."""

@@ -7,6 +7,7 @@ where each stage runs (tasks for stateless stages, actor pools for stages that l
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 from collections.abc import Iterator
@@ -60,6 +61,7 @@ class StageRunner:
         self.strip_frames = strip_frames
         self.chunk_bytes = chunk_bytes
         self.progress = _progress_actor(progress_actor) if progress_actor else None
+        self.node = _node_id() if self.progress else None  # which node's workers ran the stage, for the run's report
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         for rows in self.run_rows(batch.to_pylist()):
@@ -143,7 +145,7 @@ class StageRunner:
         import ray
 
         try:
-            ray.get(self.progress.add.remote(self.stage.name, rows_in, rows_out), timeout=10)
+            ray.get(self.progress.add.remote(self.stage.name, rows_in, rows_out, self.node), timeout=10)
         except Exception:  # progress is best effort; never fail a stage over it
             pass
 
@@ -162,12 +164,42 @@ def _progress_actor(name: str):
         return None
 
 
+def _node_id() -> str | None:
+    import ray
+
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return None
+
+
+def describe_pending() -> str:
+    """What a stalled run waits for, in Ray's words: the resource demands no node grants now (what `ray status` lists
+    under "Pending Demands", from the autoscaler monitor's report) and the free CPUs of each node."""
+    import json
+
+    from ray._private import ray_constants
+    from ray._private.state import available_resources_per_node
+    from ray.experimental import internal_kv
+
+    raw = internal_kv._internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    report = json.loads(raw).get("load_metrics_report", {}) if raw else {}
+    demands = [f"{count}x {bundle}" for bundle, count in report.get("resource_demand") or []]
+    free = {node[:8]: round(res.get("CPU", 0.0), 3) for node, res in available_resources_per_node().items()}
+    return (f"pending Ray demands {', '.join(demands) or 'none'}; free CPUs per node {free}; "
+            f"{len(alive_nodes())} node(s) alive")
+
+
 def namespace() -> str:
     return os.environ.get("ACTCURATE_RAY_NAMESPACE", "actcurate")
 
 
+# How long `--address` / RAY_ADDRESS may take to answer before the run gives up with one line.
+CONNECT_TIMEOUT_S = float(os.environ.get("ACTCURATE_RAY_CONNECT_TIMEOUT_S", "15"))
+
+
 def ensure_ray(address: str | None = None) -> None:
-    """Reuse a running Ray (tests share one); else start the embedded local one or join --address."""
+    """Reuse a running Ray (tests share one); else join --address or RAY_ADDRESS, else start a new local one."""
     import ray
 
     if ray.is_initialized():
@@ -179,14 +211,45 @@ def ensure_ray(address: str | None = None) -> None:
     # Never a bare ray.init(): it joins whatever cluster Ray's address file on this machine names (a stale one
     # from a cluster stopped uncleanly hangs the run). --address, else RAY_ADDRESS (`ray job submit` sets it),
     # else a new embedded local instance.
-    ray.init(
-        address=address or os.environ.get("RAY_ADDRESS") or "local",
-        runtime_env={"env_vars": model_env} if model_env else None,
-        include_dashboard=False,
-        logging_level=logging.ERROR,
-        namespace=namespace(),
-        configure_logging=True,
-    )
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    check_reachable(target, CONNECT_TIMEOUT_S)
+    try:
+        ray.init(
+            address=target,
+            runtime_env={"env_vars": model_env} if model_env else None,
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+            namespace=namespace(),
+            configure_logging=True,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # ray.exceptions' connection and auth errors too
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot join the Ray cluster at {target}: {first}") from None
+
+
+def check_reachable(address: str, timeout_s: float) -> None:
+    """A cluster address must answer on its port within `timeout_s`: Ray itself retries an unreachable GCS for
+    about a minute per attempt and then hangs or fails with a page of internals."""
+    import socket
+
+    if address in ("local", "auto"):
+        return
+    host_port = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"Ray address {address!r} is not host:port (or ray://host:port)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"no Ray cluster answers at {address} within {timeout_s:.0f}s ({exc.strerror or exc}); "
+                        "check --address / RAY_ADDRESS and that the head node runs `ray start --head`") from None
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """Resources of each live node (CPU, GPU, memory, custom), as the scheduler places a worker: on one node."""
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
 def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: str | None = None,
@@ -197,7 +260,9 @@ def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: st
     import ray
     import ray.data
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # CRITICAL: a node lost mid-run makes Ray Data log a page of stack trace; the run says it in one line itself
+    # (run._stream), and Ray Data's own log file under the Ray session keeps the details.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # our own per-stage progress replaces Ray's
     ctx.verbose_stats_logs = False
@@ -208,8 +273,7 @@ def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: st
 
     ds = ray.data.from_items([source_row(v) for v in videos], override_num_blocks=max(1, len(videos)))
     last_frame_reader = _last_frame_reader(recipe.stages)
-    cluster = ray.cluster_resources()
-    planned = plan_resources(recipe.stages, cluster.get("CPU", 1.0), cluster.get("GPU", 0.0))
+    planned = plan_resources(recipe.stages, alive_nodes())
     for index, spec in enumerate(recipe.stages):
         runner_args = dict(stage_cls=spec.cls, params=spec.params.model_dump(), strip_frames=index >= last_frame_reader,
                            chunk_bytes=chunk_bytes, progress_actor=progress_actor, context=context)
@@ -220,30 +284,72 @@ def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: st
     return ds
 
 
-def plan_resources(specs: list[StageSpec], cluster_cpus: float, cluster_gpus: float) -> dict[str, Resources]:
-    """Each stage's resources on this cluster, shrunk where they could never all be granted together.
+def plan_resources(specs: list[StageSpec], nodes: list[dict[str, float]]) -> dict[str, Resources]:
+    """Each stage's resources on these nodes, shrunk where they could never all be granted together, or a UserError
+    (one line) when the cluster cannot run the recipe at all.
 
-    A stage that needs a GPU on a cluster without one is a UserError here, before any video is touched.
-    Every actor pool holds its minimum actors for the whole run. If those, plus the largest task stage, ask for
-    more CPUs than the cluster has, the task stage waits for ever (a deadlock on a laptop). Then the actors' CPU
-    shares are scaled down to leave the task stages room: logical CPUs only, the work still runs.
+    Ray places every worker whole on one node. Every actor pool holds its minimum actors for the whole run, and a
+    task stage needs one node with room for a task beside them, wherever Ray put the actors: on two nodes of 1 CPU,
+    actors of 0.5 + 0.25 + 0.25 CPU may leave 0.5 free on each and a 1-CPU task waits for ever. So the actors' total
+    is kept within what is left on the nodes after one task each (then some node always has a task's room), and
+    task shares shrink to half the largest node where that would leave the actors less than half the cluster.
+    Logical CPUs only: the work still runs, Ray just packs it differently.
     """
-    planned = {s.name: s.build().resources_for(cluster_gpus) for s in specs}
+    cpus = [n.get("CPU", 0.0) for n in nodes]
+    if not cpus or max(cpus) <= 0:
+        raise UserError(f"the Ray cluster has no CPU on any of its {len(cpus)} node(s); start nodes with CPUs "
+                        "(`ray start --num-cpus N`)")
+    total_gpus = sum(n.get("GPU", 0.0) for n in nodes)
+    planned = {s.name: s.build().resources_for(total_gpus) for s in specs}
+    _check_devices(planned, nodes)
+    actors = [s.name for s in specs if s.cls.actor]
+    tasks = [s.name for s in specs if not s.cls.actor]
+    largest = max(cpus)
+    task_room = max((planned[n].cpus for n in tasks), default=0.0)
+    # a task share no node can hold, or one that leaves the actors less than half the cluster: shrink the tasks
+    target = largest / 2 if actors else largest
+    if task_room > largest or (actors and task_room > target and _room_beside(cpus, task_room) < sum(cpus) / 2):
+        _scale(planned, tasks, target / task_room)
+        task_room = max(planned[n].cpus for n in tasks)
+    held = sum(planned[n].cpus * planned[n].min_workers for n in actors)
+    room = _room_beside(cpus, task_room)
+    if actors and held > room:
+        _scale(planned, actors, room / held)
+        # Pools stay at their minimum: an actor added later could take the room a task needs.
+        for name in actors:
+            planned[name] = planned[name].model_copy(update={"max_workers": planned[name].min_workers})
+    return planned
+
+
+def _room_beside(cpus: list[float], task: float) -> float:
+    """CPUs the actors may hold so that, however Ray spreads them, some node keeps `task` CPUs free: if every node
+    had less, the actors would hold more than this sum."""
+    return sum(c - task for c in cpus if c >= task)
+
+
+def _scale(planned: dict[str, Resources], names: list[str], factor: float) -> None:
+    for name in names:
+        # rounded down: a share rounded up could break the bound it was scaled to meet
+        cpus = max(math.floor(planned[name].cpus * factor * 1000) / 1000, 0.001)
+        planned[name] = planned[name].model_copy(update={"cpus": cpus})
+
+
+def _check_devices(planned: dict[str, Resources], nodes: list[dict[str, float]]) -> None:
+    """GPU and memory needs no single node can meet: a UserError before any video is touched."""
     gpu_stages = [name for name, res in planned.items() if res.gpus]
-    if gpu_stages and not cluster_gpus:
+    if gpu_stages and not any(n.get("GPU", 0.0) for n in nodes):
         raise UserError(
             f"stages {', '.join(gpu_stages)} need a GPU and this Ray cluster has none; choose their CPU backend in "
             "the recipe or pass --address of a cluster with GPU workers"
         )
-    actors = [s.name for s in specs if s.cls.actor]
-    tasks = [s.name for s in specs if not s.cls.actor]
-    held = sum(planned[n].cpus * planned[n].min_workers for n in actors)
-    task_room = max((planned[n].cpus for n in tasks), default=0.0)
-    if actors and held + task_room > cluster_cpus:
-        scale = max(cluster_cpus - task_room, 0.1 * cluster_cpus) / held
-        for name in actors:
-            planned[name] = planned[name].model_copy(update={"cpus": round(planned[name].cpus * scale, 3)})
-    return planned
+    largest_gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    largest_memory = max((n.get("memory", 0.0) for n in nodes), default=0.0)
+    for name, res in planned.items():
+        if res.gpus > largest_gpu:
+            raise UserError(f"stage {name} needs {res.gpus} GPU per worker and no node has more than {largest_gpu}")
+        if res.memory_gb and res.memory_gb * 1024**3 > largest_memory:
+            raise UserError(f"stage {name} needs {res.memory_gb} GiB per worker and the largest node has "
+                            f"{largest_memory / 1024**3:.1f} GiB")
 
 
 def _last_frame_reader(specs: list[StageSpec]) -> int:

@@ -5,9 +5,11 @@ Stage workers report counts to a small named Ray actor; the driver polls it from
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -15,28 +17,44 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 def start_progress_actor(namespace: str, name: str):
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
     class ProgressCounter:
         def __init__(self):
             self.counts: dict[str, list[int]] = {}
+            self.nodes: dict[str, set[str]] = {}  # stage -> Ray node ids its workers ran on
 
-        def add(self, stage: str, rows_in: int, rows_out: int) -> None:
+        def add(self, stage: str, rows_in: int, rows_out: int, node: str | None = None) -> None:
             c = self.counts.setdefault(stage, [0, 0])
             c[0] += rows_in
             c[1] += rows_out
+            if node:
+                self.nodes.setdefault(stage, set()).add(node)
 
         def snapshot(self) -> dict[str, list[int]]:
             return self.counts
 
-    return ProgressCounter.options(name=name, namespace=namespace).remote()
+        def stage_nodes(self) -> dict[str, list[str]]:
+            return {stage: sorted(ids) for stage, ids in self.nodes.items()}
+
+    # On the head node (where a cluster's driver runs): a worker node lost mid-run must not take the counts with it.
+    heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]]
+    node = heads[0] if heads else ray.get_runtime_context().get_node_id()
+    return ProgressCounter.options(name=name, namespace=namespace,
+                                   scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
+
+
+# A run with no clip in or out of any stage and no commit for this long says what it waits for (0: never).
+STALL_S = float(os.environ.get("ACTCURATE_STALL_S", "300"))
 
 
 class RunProgress:
     """Shows clips in and out of every stage and videos committed, with rate and ETA."""
 
     def __init__(self, stage_names: list[str], total_videos: int, actor=None, console: Console | None = None,
-                 interactive: bool | None = None, log_every_s: float = 10.0, video_level_stages: int = 0):
+                 interactive: bool | None = None, log_every_s: float = 10.0, video_level_stages: int = 0,
+                 stall_s: float = STALL_S, explain_stall: Callable[[], str] | None = None):
         self.stage_names, self.total_videos, self.actor = stage_names, total_videos, actor
         # The first stages (up to the one that splits videos into clips) see one row per video: their total is known.
         self.video_level_stages = video_level_stages
@@ -46,6 +64,8 @@ class RunProgress:
         self.shards_done = 0
         self.counts: dict[str, list[int]] = {}  # stage -> [clips in, clips out], final after the run
         self.log_every_s = log_every_s
+        self.stall_s = stall_s
+        self.explain_stall = explain_stall or (lambda: "")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._progress: Progress | None = None
@@ -112,18 +132,35 @@ class RunProgress:
                                       rate=f"out {rows_out}  {rows_in / elapsed:.1f}/s")
         return counts
 
-    def _log_line(self, counts: dict[str, list[int]] | None = None) -> None:
+    def _log_line(self, counts: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
         counts = self._snapshot() if counts is None else counts
         stages = "  ".join(f"{n} {counts.get(n, [0, 0])[0]}>{counts.get(n, [0, 0])[1]}" for n in self.stage_names)
         elapsed = time.monotonic() - self._started
         print(f"[actcurate] {elapsed:7.1f}s  videos committed {self.videos_done}/{self.total_videos}  "
               f"shards {self.shards_done}  {stages}", file=sys.stderr, flush=True)
+        return counts
 
     def _poll(self) -> None:
-        last_log = time.monotonic()
+        last_log = last_change = time.monotonic()
+        last_seen = None
         while not self._stop.wait(0.5):
+            now = time.monotonic()
+            counts = None
             if self._progress:
-                self._refresh()
-            elif time.monotonic() - last_log >= self.log_every_s:
-                self._log_line()
-                last_log = time.monotonic()
+                counts = self._refresh()
+            elif now - last_log >= min(self.log_every_s, self.stall_s or self.log_every_s):
+                counts = self._log_line()
+                last_log = now
+            if counts is not None and (self.videos_done, counts) != last_seen:
+                last_seen, last_change = (self.videos_done, counts), now
+            if self.stall_s and now - last_change >= self.stall_s:
+                self._warn_stalled(now - last_change)
+                last_change = now  # the next warning after another stall_s without progress
+
+    def _warn_stalled(self, seconds: float) -> None:
+        """The watchdog: a run that waits for ever must say on what (Ray's pending demands, free CPUs per node)."""
+        try:
+            detail = self.explain_stall()
+        except Exception as exc:  # the explanation is best effort; the warning itself must come out
+            detail = f"(could not ask Ray what is pending: {exc})"
+        self.note(f"no progress for {seconds:.0f}s: {detail}".rstrip(": "))

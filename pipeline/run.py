@@ -14,7 +14,8 @@ from manifests.schema import manifest_schema
 from pipeline.collector import ShardCollector
 from pipeline.commits import committed_shards
 from pipeline.errors import UserError
-from pipeline.executor import DEFAULT_CHUNK_BYTES, build_dataset, decode_clips, ensure_ray, namespace
+from pipeline.executor import (DEFAULT_CHUNK_BYTES, build_dataset, decode_clips, describe_pending, ensure_ray,
+                                namespace)
 from pipeline.plan import Plan, PlannedVideo, load_or_create_plan
 from pipeline.progress import RunProgress, start_progress_actor
 from pipeline.recipe import Recipe
@@ -22,6 +23,10 @@ from pipeline.stage import RunContext
 from pipeline.storage import Store, check_writable
 
 RUN_JSON = "run.json"
+# A Ray dataset is built from its items in the driver, one block per video: a million pending videos would be a
+# million pickled rows and blocks before the first one starts. So a run streams its pending shards in windows of
+# about this many videos, one dataset each (actor pools start again per window: seconds per 10,000 videos).
+WINDOW_VIDEOS = 10_000
 VERSIONED_PACKAGES = ("actcurate", "ray", "av", "scenedetect", "opencv-python-headless", "pyarrow", "numpy")
 
 
@@ -37,6 +42,7 @@ class RunOptions:
     progress: bool | None = None  # None: bars on a terminal, log lines otherwise
     models_dir: str | None = None  # --models-dir: model files searched before the cache
     chunk_bytes: int = DEFAULT_CHUNK_BYTES  # a long video leaves the splitting stage in parts of about this size
+    window_videos: int = WINDOW_VIDEOS  # pending videos streamed per Ray dataset (whole shards; see _windows)
 
 
 @dataclass
@@ -49,6 +55,7 @@ class RunResult:
     videos_processed: int = 0
     seconds: float = 0.0
     stage_counts: dict[str, list[int]] = field(default_factory=dict)  # stage -> [clips in, out], as progress showed
+    stage_nodes: dict[str, list[str]] = field(default_factory=dict)  # stage -> Ray node ids its workers ran on
 
 
 def package_versions() -> dict[str, str]:
@@ -138,18 +145,25 @@ def run(opts: RunOptions) -> RunResult:
         return build_dataset(recipe, videos, progress_actor=actor_name, context=context,
                              chunk_bytes=opts.chunk_bytes, one_video_per_call=one_video_per_call)
 
-    dataset = dataset_of(todo)  # lazy; checks the cluster's resources before the progress actor starts
+    windows = _windows(expected, opts.window_videos)
+    first = dataset_of(windows[0])  # lazy; checks the cluster's resources before the progress actor starts
     actor = start_progress_actor(namespace(), actor_name)
     collector = ShardCollector(store, schema, recipe.hash, expected, {v.video_id: v.order for v in plan.videos},
                                kept_rows=kept)
     split = recipe.split_stage
     video_level = len(recipe.stages) if split is None else recipe.stage_names().index(split) + 1
     with RunProgress(recipe.stage_names(), len(todo), actor=actor, interactive=opts.progress,
-                     video_level_stages=video_level) as progress:
+                     video_level_stages=video_level, explain_stall=describe_pending) as progress:
         collector.on_commit = lambda shard_id, record: progress.videos_committed(len(expected[shard_id]))
-        for row in dataset.iter_rows():
-            collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
+        for index, window in enumerate(windows):
+            broken = _stream(first if index == 0 else dataset_of(window), collector)
+            if broken:
+                progress.note(f"the run lost Ray workers mid-stream ({broken}); its unfinished videos run again "
+                              "on the nodes left")
         _retry_lost_videos(collector, dataset_of, progress)
+        for shard_id, error in sorted(collector.commit_errors.items()):
+            progress.note(f"{shard_id} could not be committed and stays pending: {error}")
+    result.stage_nodes = _stage_nodes(actor)
     _kill_quietly(actor)
     result.stage_counts = progress.counts
     result.shards_committed_now = collector.committed
@@ -159,22 +173,60 @@ def run(opts: RunOptions) -> RunResult:
     return result
 
 
+def _windows(expected: dict[str, list[PlannedVideo]], size: int) -> list[list[PlannedVideo]]:
+    """The pending videos in shard order, cut into lists of about `size` videos that never split a shard (a shard
+    commits within its window, so memory held for incomplete shards stays bounded too)."""
+    windows: list[list[PlannedVideo]] = [[]]
+    for shard_id in sorted(expected):
+        if windows[-1] and len(windows[-1]) + len(expected[shard_id]) > size:
+            windows.append([])
+        windows[-1].extend(expected[shard_id])
+    return windows
+
+
+def _stream(dataset, collector: ShardCollector) -> str | None:
+    """Feeds the dataset's rows to the collector (which commits each complete shard); returns why the stream broke
+    (a node lost with an actor on it ends Ray Data's whole execution), or None when it ran to its end."""
+    from ray.exceptions import RayError
+
+    try:
+        for row in dataset.iter_rows():
+            collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
+    except RayError as exc:
+        text = str(exc).strip()
+        return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+    return None
+
+
 def _retry_lost_videos(collector: ShardCollector, dataset_of, progress: RunProgress) -> None:
     """A worker that dies (a segfaulting decoder, a killed node) takes its whole batch with it: those videos are
     run again one per call, so only the video that kills a worker again is lost, and it becomes an error row (its
-    shard commits; `--redo-errors` tries it again) instead of blocking its shard for ever."""
+    shard commits; `--redo-errors` tries it again) instead of blocking its shard for ever. If the retry's stream
+    itself breaks (the cluster keeps losing nodes), nothing says which video is to blame: their shards stay pending
+    for the next run."""
     lost = collector.missing_videos()
     if not lost:
         return
     progress.note(f"{len(lost)} video(s) lost with a worker that died; running them again one at a time")
     for video in lost:
         collector.forget(video)
-    for row in dataset_of(lost, one_video_per_call=True).iter_rows():
-        collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
+    broken = _stream(dataset_of(lost, one_video_per_call=True), collector)
+    if broken:
+        progress.note(f"the retry lost Ray workers too ({broken}); {len(collector.pending)} shard(s) stay pending")
+        return
     for video in collector.missing_videos():
         collector.record_lost(video, RuntimeError(
             "a worker process died while processing this video, in its batch and again alone (a crash in a decoder "
             "or model, or a lost node); retry it with --redo-errors"))
+
+
+def _stage_nodes(actor) -> dict[str, list[str]]:
+    import ray
+
+    try:
+        return ray.get(actor.stage_nodes.remote(), timeout=10)
+    except Exception:  # a report, not a result: never fail a finished run over it
+        return {}
 
 
 def _kill_quietly(actor) -> None:

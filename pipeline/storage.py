@@ -31,9 +31,19 @@ def normalize_uri(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
+# A crawl's S3 answers 503 SlowDown, resets connections and stalls at times: pyarrow's default is 3 attempts, too few
+# for a run of hours. Each attempt backs off (the AWS SDK's standard strategy); reads and PUTs of whole objects are
+# idempotent, so a retried PUT whose first answer was lost only writes the same bytes again.
+S3_MAX_ATTEMPTS = int(os.environ.get("ACTCURATE_S3_MAX_ATTEMPTS", "10"))
+S3_REQUEST_TIMEOUT_S = float(os.environ.get("ACTCURATE_S3_REQUEST_TIMEOUT_S", "60"))
+S3_CONNECT_TIMEOUT_S = float(os.environ.get("ACTCURATE_S3_CONNECT_TIMEOUT_S", "10"))
+
+
 @functools.lru_cache(maxsize=None)
 def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
-    kwargs: dict = {"region": region or "us-east-1"}
+    kwargs: dict = {"region": region or "us-east-1",
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+                    "request_timeout": S3_REQUEST_TIMEOUT_S, "connect_timeout": S3_CONNECT_TIMEOUT_S}
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         kwargs["endpoint_override"] = parsed.netloc

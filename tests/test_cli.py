@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -45,36 +46,85 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert not_output.returncode == 2 and "not an actcurate output" in not_output.stderr
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(many_videos, tmp_path):
-    common = ["--recipe", "quickstart", "--input", many_videos, "--shard-size", "1", "--no-progress"]
-    whole = actcurate("run", *common, "--output", tmp_path / "whole")
+def _common(videos) -> list:
+    return ["--recipe", "quickstart", "--input", videos, "--shard-size", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(many_videos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "whole"
+    whole = actcurate("run", *_common(many_videos), "--output", out)
     assert whole.returncode == 0, whole.stderr
     # Ray's actor-restart warning had a cause on every run (ray-project/ray#53727); no Ray internals reach the user
     assert "object store" not in whole.stderr and "core_worker" not in whole.stderr, whole.stderr
+    return out
 
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([*ACTCURATE, "run", *map(str, common), "--output", str(out)],
+
+def _start_run(videos, out) -> subprocess.Popen:
+    return subprocess.Popen([*ACTCURATE, "run", *map(str, _common(videos)), "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+    proc.wait()
+
+
+def _resume_and_compare(videos, out, uninterrupted) -> None:
+    resumed = actcurate("run", *_common(videos), "--output", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "25 of 25 shards" in resumed.stdout or "all 25 shards" in resumed.stdout, resumed.stdout
+    expected, got = clip_rows(str(uninterrupted)), clip_rows(str(out))
+    assert got == expected  # same clip ids and values: nothing lost, nothing duplicated
+    assert len({r["clip_id"] for r in got}) == len(got)
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(many_videos, uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    proc = _start_run(many_videos, out)
     commits = out / "commits"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if commits.is_dir() and len(list(commits.glob("*.json"))) >= 3:
             break
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
-    proc.wait()
+    _kill(proc)
     done_at_kill = len(list(commits.glob("*.json")))
     assert 3 <= done_at_kill < 25, "the kill must land part-way through the run"
 
     status = json.loads(actcurate("status", out, "--json").stdout)
     assert status["shards"]["pending"] == 25 - status["shards"]["committed"] > 0
-    resumed = actcurate("run", *common, "--output", out)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "25 of 25 shards" in resumed.stdout
+    _resume_and_compare(many_videos, out, uninterrupted)
 
-    expected, got = clip_rows(str(tmp_path / "whole")), clip_rows(str(out))
-    assert got == expected  # same clip ids and values: nothing lost, nothing duplicated
-    assert len({r["clip_id"] for r in got}) == len(got)
+
+def test_sigkill_of_the_driver_at_random_points_then_resume_equals_an_uninterrupted_run(many_videos, uninterrupted,
+                                                                                         tmp_path):
+    """Kills at seeded random times on one output, each run resuming the last (planning, Ray start-up, mid-commit
+    all get hit), within a time budget; then one resume to the end. ACTCURATE_CHAOS_SEED / _BUDGET_S widen it."""
+    seed = int(os.environ.get("ACTCURATE_CHAOS_SEED", "13"))
+    rng = random.Random(seed)
+    budget_end = time.monotonic() + float(os.environ.get("ACTCURATE_CHAOS_BUDGET_S", "40"))
+    out = tmp_path / "chaos"
+    kills: list[float] = []
+    while time.monotonic() < budget_end:
+        delay = rng.uniform(0.3, 15.0)
+        proc = _start_run(many_videos, out)
+        try:
+            proc.wait(timeout=delay)
+            break  # finished before the kill: the chain is over
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            kills.append(round(delay, 2))
+        if (out / "plan" / "plan.json").exists():
+            # never a half-written plan or shard: status reads them all. Its exit code is not checked: pyarrow 26
+            # aborts now and then at interpreter exit after reading Parquet ("terminate called without an active
+            # exception", also before this test existed), after the JSON is out.
+            status = actcurate("status", out, "--json")
+            shards = json.loads(status.stdout)["shards"]
+            assert shards["committed"] + shards["pending"] == 25, (seed, kills, status.stderr)
+    print(f"seed {seed}: driver killed after {kills} s")
+    assert kills, f"seed {seed}: no kill landed"
+    _resume_and_compare(many_videos, out, uninterrupted)
 
 
 def test_s3_input_and_output_on_a_moto_server(many_videos, tmp_path):

@@ -199,3 +199,22 @@ def test_shared_clips_end_to_end(ray_local, shared_videos, tmp_path):
     assert [r["scenes_start_frame"] for r in bikes] == [0, 30, 76, 137, 187, 242]
     assert all(r["status"] in {"accepted", "rejected"} for r in rows)
     shutil.rmtree(out)
+
+
+def test_pending_shards_stream_in_windows_with_the_same_rows_as_one_dataset(ray_local, bad_inputs, tmp_path):
+    """A million pending videos are never one dataset: windows of whole shards, one after the other."""
+    list_file, _ = bad_inputs
+    whole = run_recipe(list_file, tmp_path / "whole", "probe.min_short_side=100", shard_size=3)
+    windowed = run_recipe(list_file, tmp_path / "windowed", "probe.min_short_side=100", shard_size=3, window_videos=4)
+    assert not windowed.shards_pending and sorted(windowed.shards_committed_now) == sorted(whole.shards_committed_now)
+    assert clip_rows(str(tmp_path / "windowed")) == clip_rows(str(tmp_path / "whole"))
+
+
+def test_windows_never_split_a_shard():
+    from pipeline.plan import PlannedVideo
+    from pipeline.run import _windows
+
+    expected = {f"s{k}": [PlannedVideo(f"u{k}{i}", f"v{k}{i}", f"s{k}", 0) for i in range(n)]
+                for k, n in enumerate([3, 3, 1, 5, 2])}
+    windows = _windows(expected, 4)
+    assert [[v.shard_id for v in w] for w in windows] == [["s0"] * 3, ["s1"] * 3 + ["s2"], ["s3"] * 5, ["s4"] * 2]
