@@ -57,8 +57,6 @@ def measure_cli(*args: str) -> dict:
 
 def make_finished_run(output: str, shards: int) -> dict:
     """A finished run of `shards` one-video shards, committed through the engine's commit path."""
-    import pyarrow as pa
-
     from manifests.schema import clips_to_table, manifest_schema
     from pipeline.clip import Clip
     from pipeline.commits import commit_shard

@@ -363,7 +363,7 @@ def test_vllm_backend_builds_engine_requests_and_says_it_needs_vllm_and_a_gpu():
             stage.preflight()
     recipe = build_recipe({"stages": {"probe": {}, "scenes": {}, "caption": params}})
     with pytest.raises(UserError, match="stages caption need a GPU and this Ray cluster has none"):
-        plan_resources(recipe.stages, cluster_cpus=2.0, cluster_gpus=0.0)
-    assert plan_resources(recipe.stages, 16.0, 1.0)["caption"].gpus == 1.0
+        plan_resources(recipe.stages, [{"CPU": 2.0}])
+    assert plan_resources(recipe.stages, [{"CPU": 16.0, "GPU": 1.0}])["caption"].gpus == 1.0
     assert plan_resources(build_recipe({"stages": {"probe": {}, "scenes": {}, "caption": {}}}).stages,
-                          16.0, 1.0)["caption"].gpus == 0  # an HTTP client never takes a GPU
+                          [{"CPU": 16.0, "GPU": 1.0}])["caption"].gpus == 0  # an HTTP client never takes a GPU

@@ -4,7 +4,6 @@ what failed, and the key reaches no file under OUT and no output line."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

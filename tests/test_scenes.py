@@ -306,7 +306,7 @@ def test_transnetv2_generated_cuts_survive_long_scene_windows_and_one_shot_has_n
 def test_transnetv2_windows_are_incremental_and_bounded(monkeypatch):
     """The sliding windows (100 frames, step 50, 25 frames of context padded at both ends) predict every frame once,
     hold at most one window, and a run of transition frames gives one cut at the frame after it."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from scenedetect import FrameTimecode
 
     from stages import scenes
