@@ -187,6 +187,7 @@ class MotionStage(Stage):
         score, median = _round(scores.mean()), _round(np.median(scores))
         person = [m.person for m in pairs if m.person is not None]
         person_score = _round(np.median(person)) if person else (0.0 if people is not None else None)
+        moving_share = _round(np.mean([m.moving_share for m in pairs]))
         self.set(
             clip,
             pairs=len(scores),
@@ -197,7 +198,7 @@ class MotionStage(Stage):
             object_score=_round(np.mean([m.objects for m in pairs])),
             supported_fraction=_round(np.mean([m.supported for m in pairs])),
             warp_error=_round(np.mean([m.warp_error for m in pairs])),
-            moving_share=_round(np.mean([m.moving_share for m in pairs])),
+            moving_share=moving_share,
             object_p99=_round(np.mean([m.object_p99 for m in pairs])),
             person_score=person_score,
             person_pairs=len(person),
@@ -208,10 +209,7 @@ class MotionStage(Stage):
         (self.at_least(clip, "min_flow", value, p.min_flow)
          and self.at_most(clip, "max_flow", value, p.max_flow)
          and self.at_least(clip, "min_person_flow", person_score, p.min_person_flow)
-         and self.at_least(clip, "min_moving_share", self._column(clip, "moving_share"), p.min_moving_share))
-
-    def _column(self, clip: Clip, key: str):
-        return clip.columns[f"{self.name}_{key}"]
+         and self.at_least(clip, "min_moving_share", moving_share, p.min_moving_share))
 
 
 PERSON_BOXES = "pose_person_boxes"

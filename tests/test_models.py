@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
+from fixtures_registry import registered_artifacts
 from httpfiles import FileServer
 from pipeline import models
 from pipeline.errors import UserError
-from pipeline.models import ChecksumMismatch, ModelArtifact
+from pipeline.models import ChecksumMismatch
 
 PAYLOAD = os.urandom(3 * models.CHUNK + 12345)
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -23,16 +24,8 @@ def registry(monkeypatch, tmp_path):
     """A test artifact served from the fake hub; cache and model folders in tmp."""
     monkeypatch.setenv("ACTCURATE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("ACTCURATE_MODELS", raising=False)
-    added = []
-
-    def add(**kwargs) -> ModelArtifact:
-        artifact = models.register(ModelArtifact(licence="test", description="test model", **kwargs))
-        added.append(artifact.name)
-        return artifact
-
-    yield add
-    for name in added:
-        models.REGISTRY.pop(name, None)
+    with registered_artifacts() as add:
+        yield add
 
 
 def test_pull_verifies_and_resolves_from_the_cache(registry, monkeypatch, tmp_path):

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from fixtures_registry import registered_artifacts
 from pipeline import models
 from pipeline.errors import UserError
-from pipeline.models import ChecksumMismatch, ModelArtifact
+from pipeline.models import ChecksumMismatch
 
 PAYLOAD = os.urandom(300_000)
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -43,17 +44,8 @@ def registry(monkeypatch, tmp_path):
     monkeypatch.setenv("ACTCURATE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("ACTCURATE_PIP_ARGS", f"--no-index --find-links {wheels}")
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no index or constraints from the machine's pip.conf
-    added = []
-
-    def add(**kwargs) -> ModelArtifact:
-        kwargs.setdefault("filename", "model.tflite")
-        artifact = models.register(ModelArtifact(licence="test", description="test model", **kwargs))
-        added.append(artifact.name)
-        return artifact
-
-    yield add
-    for name in added:
-        models.REGISTRY.pop(name, None)
+    with registered_artifacts(filename="model.tflite") as add:
+        yield add
 
 
 def test_source_parsing():
