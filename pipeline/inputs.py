@@ -19,6 +19,8 @@ VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .asf .vob".split()
 )
 LIST_EXTENSIONS = (".txt", ".csv", ".jsonl", ".parquet")
+# Optional per-video columns of a csv/jsonl/parquet list, kept in the plan for the exported dataset card.
+LIST_ATTRIBUTES = ("license", "source")
 _GLOB_CHARS = set("*?[")
 
 
@@ -28,10 +30,18 @@ def is_video_name(name: str) -> bool:
 
 def list_inputs(spec: str) -> list[str]:
     """Sorted, de-duplicated URIs. Entries of a list file are kept even if missing: they become error rows."""
+    return list(read_inputs(spec))
+
+
+def read_inputs(spec: str) -> dict[str, dict]:
+    """Sorted, de-duplicated URIs -> their list attributes ({"license", "source"}: None where not given; the first
+    entry of a URI listed twice wins)."""
     if not spec:
         raise UserError("no input given: pass --input with a directory, glob, list file or s3://bucket/prefix")
+    entries: list[tuple[str, dict]] = []
     if spec.lower().endswith(LIST_EXTENSIONS):
-        uris = _read_list_file(spec)
+        entries = _read_list_file(spec)
+        uris = [u for u, _ in entries]
     elif is_s3(spec):
         uris = _list_tree(spec)
     elif _GLOB_CHARS & set(spec):
@@ -45,7 +55,15 @@ def list_inputs(spec: str) -> list[str]:
     unique = sorted(set(uris))
     if not unique:
         raise UserError(f"no videos found in {spec} (extensions: {' '.join(sorted(VIDEO_EXTENSIONS))})")
-    return unique
+    attributes: dict[str, dict] = {}
+    for uri, attrs in entries:
+        attributes.setdefault(uri, attrs)
+    empty = dict.fromkeys(LIST_ATTRIBUTES)
+    return {u: attributes.get(u, empty) for u in unique}
+
+
+def _attributes(row: dict) -> dict:
+    return {k: (str(row[k]).strip() or None) if row.get(k) is not None else None for k in LIST_ATTRIBUTES}
 
 
 def _list_tree(root: str) -> list[str]:
@@ -59,7 +77,7 @@ def _list_tree(root: str) -> list[str]:
     return [i.path for i in infos if i.type == pafs.FileType.File and is_video_name(i.base_name)]
 
 
-def _read_list_file(spec: str) -> list[str]:
+def _read_list_file(spec: str) -> list[tuple[str, dict]]:
     fs, path = filesystem_and_path(spec)
     try:
         with fs.open_input_file(path) as f:
@@ -71,25 +89,26 @@ def _read_list_file(spec: str) -> list[str]:
         table = pq.read_table(io.BytesIO(data))
         if "uri" not in table.column_names:
             raise UserError(f"input list {spec} has no 'uri' column (columns: {', '.join(table.column_names)})")
-        entries = [u for u in table.column("uri").to_pylist() if u]
+        entries = [(r["uri"], _attributes(r)) for r in table.to_pylist() if r["uri"]]
     elif lower.endswith(".csv"):
         reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
         if not reader.fieldnames or "uri" not in reader.fieldnames:
             raise UserError(f"input list {spec} has no 'uri' column in its header")
-        entries = [row["uri"].strip() for row in reader if row.get("uri", "").strip()]
+        entries = [(row["uri"].strip(), _attributes(row)) for row in reader if (row.get("uri") or "").strip()]
     elif lower.endswith(".jsonl"):
         entries = []
         for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                entries.append(json.loads(line)["uri"])
+                row = json.loads(line)
+                entries.append((row["uri"], _attributes(row)))
             except (ValueError, KeyError, TypeError):
                 raise UserError(f"{spec} line {n}: expected a JSON object with a 'uri' key") from None
     else:
         lines = (line.strip() for line in data.decode("utf-8").splitlines())
-        entries = [line for line in lines if line and not line.startswith("#")]
-    return [_resolve_entry(spec, e) for e in entries]
+        entries = [(line, dict.fromkeys(LIST_ATTRIBUTES)) for line in lines if line and not line.startswith("#")]
+    return [(_resolve_entry(spec, e), attrs) for e, attrs in entries]
 
 
 def _resolve_entry(list_uri: str, entry: str) -> str:

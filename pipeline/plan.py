@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from pipeline.clip import video_id_for
 from pipeline.errors import UserError
-from pipeline.inputs import list_inputs
+from pipeline.inputs import LIST_ATTRIBUTES, read_inputs
 from pipeline.storage import Store, check_writable, is_s3, normalize_uri
 
 PLAN_JSON = "plan/plan.json"
@@ -25,6 +25,8 @@ class PlannedVideo:
     video_id: str
     shard_id: str
     order: int  # position in the sorted input; the manifest keeps this order
+    license: str | None = None  # from the input list's optional columns (the exported dataset card lists them)
+    source: str | None = None
 
 
 @dataclass
@@ -51,8 +53,9 @@ def shard_id_for(index: int) -> str:
 def make_plan(input_spec: str, shard_size: int) -> Plan:
     if shard_size < 1:
         raise UserError(f"--shard-size must be at least 1 (got {shard_size})")
-    uris = list_inputs(input_spec)
-    videos = [PlannedVideo(uri, video_id_for(uri), shard_id_for(i // shard_size), i) for i, uri in enumerate(uris)]
+    inputs = read_inputs(input_spec)
+    videos = [PlannedVideo(uri, video_id_for(uri), shard_id_for(i // shard_size), i, **attrs)
+              for i, (uri, attrs) in enumerate(inputs.items())]
     return Plan(input_spec, shard_size, videos)
 
 
@@ -63,6 +66,7 @@ def write_plan(store: Store, plan: Plan) -> None:
             "video_id": [v.video_id for v in plan.videos],
             "shard_id": [v.shard_id for v in plan.videos],
             "order": pa.array([v.order for v in plan.videos], pa.int64()),
+            **{k: pa.array([getattr(v, k) for v in plan.videos], pa.string()) for k in LIST_ATTRIBUTES},
         }
     )
     buf = io.BytesIO()
@@ -84,9 +88,12 @@ def read_plan(store: Store) -> Plan | None:
     meta = json.loads(store.read_bytes(PLAN_JSON))
     table = pq.read_table(io.BytesIO(store.read_bytes(PLAN_VIDEOS)))
     cols = table.to_pydict()
+    n = len(cols["uri"])
+    attrs = {k: cols.get(k, [None] * n) for k in LIST_ATTRIBUTES}  # plans written before these columns lack them
     videos = [
-        PlannedVideo(u, vid, s, o)
-        for u, vid, s, o in zip(cols["uri"], cols["video_id"], cols["shard_id"], cols["order"], strict=True)
+        PlannedVideo(u, vid, s, o, **{k: attrs[k][i] for k in LIST_ATTRIBUTES})
+        for i, (u, vid, s, o) in enumerate(zip(cols["uri"], cols["video_id"], cols["shard_id"], cols["order"],
+                                                strict=True))
     ]
     return Plan(meta["input"], meta["shard_size"], videos)
 

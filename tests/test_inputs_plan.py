@@ -44,6 +44,25 @@ def test_list_files_dedupe_and_resolve_relative_entries(tree, fmt):
     assert uris == sorted([str(tree / "a/one.mp4"), str(tree / "missing.mp4"), "s3://bucket/x.mp4"])
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_list_licence_and_source_columns_reach_the_plan(tree, fmt, tmp_path):
+    rows = [{"uri": "a/one.mp4", "license": "CC BY 4.0", "source": "Pexels"}, {"uri": "b ü.webm", "license": ""}]
+    path = tree / f"list.{fmt}"
+    if fmt == "csv":
+        path.write_text("uri,license,source\na/one.mp4,CC BY 4.0,Pexels\nb ü.webm,,\n")
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    store = Store(str(tmp_path / f"out-{fmt}"))
+    load_or_create_plan(store, str(path), 8)
+    videos = {v.uri.rsplit("/", 1)[1]: (v.license, v.source) for v in read_plan(store).videos}
+    assert videos == {"one.mp4": ("CC BY 4.0", "Pexels"), "b ü.webm": (None, None)}  # blank means not given
+    txt = tree / "list.txt"
+    txt.write_text("a/one.mp4\n")
+    assert [(v.license, v.source) for v in make_plan(str(txt), 8).videos] == [(None, None)]
+
+
 def test_input_errors_are_clear(tree):
     with pytest.raises(UserError, match="input not found"):
         list_inputs(str(tree / "nope"))
