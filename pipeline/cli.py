@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from manifests.export import CLIP_METHODS, FORMATS
 from pipeline.errors import UserError
 from pipeline.plan import DEFAULT_SHARD_SIZE
 
@@ -117,6 +118,35 @@ def audit(output, as_json, html_file) -> None:
         click.echo(json.dumps(report, indent=2))
     else:
         render_text(report, console)
+
+
+@main.command()
+@click.argument("output")
+@click.option("--format", "fmt", required=True, type=click.Choice(FORMATS), help="The dataset shape to write.")
+@click.option("--to", "to", required=True, help="Folder or s3://bucket/prefix to write the dataset to.")
+@click.option("--clips", type=click.Choice(CLIP_METHODS), default="none", show_default=True,
+              help="Clip files: stream copy where exact (else re-encode), re-encode, or none (records point at the "
+                   "source video and span).")
+@click.option("--test-share", type=float, default=0.1, show_default=True, help="Share of source videos in the test split.")
+@click.option("--keep-guessable", is_flag=True, help="Keep questions answerable without the video.")
+@click.option("--samples-per-shard", type=int, default=1000, show_default=True, help="webdataset: clips per tar.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Clip files cut at once.")
+def export(output, fmt, to, clips, test_share, keep_guessable, samples_per_shard, workers) -> None:
+    """Accepted (and not review-rejected) clips as a dataset: records, optional clip files, a README.md card."""
+    from manifests.export import ExportOptions, export as run_export
+
+    result = run_export(ExportOptions(output=output, fmt=fmt, to=to, clips=clips, test_share=test_share,
+                                      keep_guessable=keep_guessable, samples_per_shard=samples_per_shard,
+                                      workers=workers))
+    s = result.stats
+    console.print(f"exported {sum(v['clips'] for v in s['splits'].values())} clips "
+                  f"(train {s['splits']['train']['clips']}, test {s['splits']['test']['clips']}) as {fmt} to {result.to}")
+    for path, n in s["written"].items():
+        console.print(f"  {path}: {n} records")
+    if s["left_out"]:
+        console.print("left out: " + ", ".join(f"{k} {v}" for k, v in s["left_out"].items()))
+    for err in s["clip_errors"][:5]:
+        console.print(f"[red]clip file failed[/red] {err['clip_id']}: {err['error']}", highlight=False)
 
 
 @main.command()

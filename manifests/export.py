@@ -1,0 +1,590 @@
+"""`actcurate export`: a run's accepted clips as a dataset a trainer loads, in the released datasets' shapes.
+
+Reads the manifests, OUT/run.json, OUT/plan (the input list's licence and source columns) and OUT/reviews (later
+verdicts: review-rejected clips are left out, edited captions win). Writes, to a local folder or s3:// prefix:
+the format's files per split, clip files on request, a README.md dataset card and export.json (counts, the file
+list). Output is deterministic: the same OUT and options give the same bytes.
+
+Every exported field comes from the one mapping table, MAPPING, below; the README and the card render it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import posixpath
+import tarfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from manifests import fields, reviews
+from manifests.audit import audit, run_info
+from manifests.io import read_manifests
+from pipeline.commits import committed_shards
+from pipeline.errors import UserError
+from pipeline.plan import read_plan
+from pipeline.storage import Store
+
+FORMATS = ("haic", "hmi", "hoigen", "actionart", "webdataset", "parquet")
+CLIP_METHODS = ("none", "copy", "encode")
+SPLITS = ("train", "test")
+EXPORT_JSON = "export.json"
+CARD = "README.md"
+CLIP_DIR = "clips"
+
+
+# ---------------------------------------------------------------------------------------------------------- items
+@dataclass
+class Item:
+    """One exported clip (`row`: its manifest row plus what export derives) or one of its annotations (`part`)."""
+    row: dict
+    part: dict = field(default_factory=dict)
+
+
+def _letters(options) -> list[str]:
+    return [f"({chr(65 + i)}) {o}" for i, o in enumerate(options or [])]
+
+
+def _frame_number(row: dict, t: float) -> int:
+    """A source-video time as a frame number inside the clip (0: the clip's first frame), at the clip's mean rate."""
+    duration = row["end_s"] - row["start_s"]
+    rate = (row.get("scenes_frame_count") or 0) / duration if duration > 0 else 0
+    return max(0, round((t - row["start_s"]) * rate)) if rate else 0
+
+
+def _keyframe_times(row: dict) -> list[float]:
+    return list(row.get("pose_keyframe_times") or row.get("caption_frame_times") or [])
+
+
+def _hoi_categories(row: dict) -> str:
+    triplets = (row.get("_annotation") or {}).get("triplets") or []
+    return "; ".join(" ".join(x for x in (t.get("verb"), t.get("object")) if x) for t in triplets)
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    source: str  # the manifest column(s) or rule it comes from, as the README shows it
+    ours: bool  # True: our choice (the papers leave it unknown); False: the shape papers_spec.md gives
+    get: Callable[[Item], Any]
+
+
+def _col(name: str, column: str, ours: bool = False) -> Field:
+    return Field(name, column, ours, lambda it: it.row.get(column))
+
+
+def _part(name: str, key: str, ours: bool = False, source: str = "annotate_json") -> Field:
+    return Field(name, f"{source} .{key}", ours, lambda it: it.part.get(key))
+
+
+VIDEO = Field("video", "clips/<clip_id>.mp4 with --clips, else video_uri", False, lambda it: it.row["_video"])
+CLIP_ID = _col("clip_id", "clip_id", ours=True)
+SPLIT = Field("split", "sha256(video_id) < --test-share: test, else train", True, lambda it: it.row["_split"])
+START = _col("start", "start_s", ours=True)
+END = _col("end", "end_s", ours=True)
+CAPTION = Field("caption", "review edit, else mome_caption, else caption_text", False, lambda it: it.row["_caption"])
+SOURCE = Field("source", "input list `source`, else the video's folder name", False, lambda it: it.row["_source"])
+OPTIONS = Field("options", "annotate_json .options, prefixed (A)..(D)", False, lambda it: _letters(it.part.get("options")))
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    stem: str
+    kind: str  # jsonl | csv
+    unit: str  # what one record is: clip, or a key of the clip's annotate_json (questions, pose_descriptions, ...)
+    fields: tuple[Field, ...]
+    needs_caption: bool = True
+
+
+# THE mapping: format -> its files -> their fields, each from a manifest column or a rule. Papers_spec.md §1.5,
+# §3.6 and §4.6 give the [P] shapes (ours=False); everything they leave unknown is marked ours=True.
+MAPPING: dict[str, tuple[FileSpec, ...]] = {
+    "haic": (
+        FileSpec("haic_captions", "jsonl", "clip", (VIDEO, CAPTION, CLIP_ID, SPLIT, START, END)),
+        FileSpec("haic_bench_qa", "jsonl", "questions", (
+            VIDEO, _part("category", "category"), _part("question", "question"), OPTIONS, _part("answer", "answer"),
+            CLIP_ID, SPLIT)),
+    ),
+    "hmi": (
+        FileSpec("hmi", "jsonl", "clip", (
+            VIDEO, SOURCE, _col("start", "start_s"), _col("end", "end_s"),
+            Field("keyframes", "pose_keyframe_times (else caption_frame_times) as frame numbers in the clip", False,
+                  lambda it: [_frame_number(it.row, t) for t in _keyframe_times(it.row)]),
+            CAPTION,
+            Field("qa", "annotate_json .questions: dimension, type (open | tf), question, answer", False,
+                  lambda it: [{"dimension": q.get("dimension"), "type": "tf" if q.get("type") == "true_false" else "open",
+                               "question": q.get("question"), "answer": q.get("answer")} for q in it.row["_questions"]]),
+            Field("keyframe_times", "pose_keyframe_times (else caption_frame_times), source-video seconds", True,
+                  lambda it: _keyframe_times(it.row)),
+            CLIP_ID, SPLIT)),
+    ),
+    "hoigen": (
+        FileSpec("hoigen_caption_info", "csv", "clip", (
+            Field("video_path", VIDEO.source, False, VIDEO.get), CAPTION,
+            Field("hoi_categories", "annotate_json .triplets as 'verb object; ...'", True, lambda it: _hoi_categories(it.row)),
+            SOURCE,
+            Field("duration", "end_s - start_s", False, lambda it: round(it.row["end_s"] - it.row["start_s"], 6)),
+            _col("fps", "probe_fps_avg"), _col("width", "probe_width"), _col("height", "probe_height"),
+            _col("aesthetic", "aesthetic_score"), _col("flow", "motion_score"), _col("ocr_boxes", "ocr_text_boxes"),
+            _col("moe_branch", "mome_branch"), CLIP_ID, SPLIT, START, END)),
+    ),
+    "actionart": (
+        FileSpec("actionart_captions", "jsonl", "clip", (VIDEO, CAPTION, CLIP_ID, SPLIT, START, END)),
+        FileSpec("actionart_pose", "jsonl", "pose_descriptions", (
+            VIDEO, _part("frame_index", "frame_index", True), _part("time", "time", True), _part("text", "text", True),
+            CLIP_ID, SPLIT), needs_caption=False),
+        FileSpec("actionart_spatial", "jsonl", "spatial_differences", (
+            VIDEO, *(_part(k, k, True) for k in ("frame_a", "frame_b", "time_a", "time_b", "text")), CLIP_ID, SPLIT),
+            needs_caption=False),
+        FileSpec("actionart_qa", "jsonl", "questions", (
+            VIDEO, _part("subtask", "subtask", True), _part("question", "question", True),
+            Field("options", OPTIONS.source, True, OPTIONS.get), _part("answer", "answer", True), CLIP_ID, SPLIT),
+            needs_caption=False),
+    ),
+}
+# webdataset and parquet carry one flat record per clip: these fields, then every scalar manifest column as is.
+FLAT_FIELDS: tuple[Field, ...] = (
+    CLIP_ID, VIDEO, SPLIT, CAPTION,
+    Field("caption_source", "review, mome_caption or caption_text", True, lambda it: it.row["_caption_source"]),
+    SOURCE, Field("license", "input list `license`", True, lambda it: it.row["_license"]),
+    Field("duration_s", "end_s - start_s", True, lambda it: it.row["end_s"] - it.row["start_s"]),
+    Field("clip_method", "how the clip file was made: copy, encode or none", True, lambda it: it.row["_clip_method"]),
+)
+FLAT_TYPES = {"duration_s": pa.float64()}
+FLAT_SKIP = {"status", "reject_stage", "reject_rule", "reject_value", "reject_threshold", "error_stage", "error_type",
+             "error_message", "shard_id", "timings"}
+ANNOTATION_STYLE = {"haic": "haic", "hmi": "hmi", "hoigen": "hoigen", "actionart": "actionart"}
+QUESTION_GROUP = {"haic": "category", "hmi": "dimension", "actionart": "subtask"}
+
+
+def mapping_rows(fmt: str | None = None) -> list[dict]:
+    """The mapping table as rows (format, file, field, source, ours) for the README and the dataset card."""
+    out = []
+    for name, files in MAPPING.items():
+        for spec in files:
+            out += [{"format": name, "file": f"{spec.stem}.{spec.kind}", "field": f.name, "source": f.source,
+                     "ours": f.ours} for f in spec.fields]
+    for name in ("webdataset", "parquet"):
+        out += [{"format": name, "file": "<clip_id>.json" if name == "webdataset" else "<split>.parquet",
+                 "field": f.name, "source": f.source, "ours": f.ours} for f in FLAT_FIELDS]
+        out.append({"format": name, "file": out[-1]["file"], "field": "(every scalar manifest column)",
+                    "source": "the column as is (per-frame lists and error fields left out)", "ours": True})
+    return [r for r in out if fmt is None or r["format"] == fmt]
+
+
+def mapping_markdown(fmt: str | None = None) -> str:
+    rows = [[r["format"], f"`{r['file']}`", f"`{r['field']}`", r["source"], "ours" if r["ours"] else "papers_spec [P]"]
+            for r in mapping_rows(fmt)]
+    return "\n".join(_table(["format", "file", "field", "from", "choice"], rows)).rstrip()
+
+
+# ---------------------------------------------------------------------------------------------------------- export
+@dataclass
+class ExportOptions:
+    output: str  # the run's OUT
+    fmt: str
+    to: str
+    clips: str = "none"
+    test_share: float = 0.1
+    keep_guessable: bool = False
+    samples_per_shard: int = 1000  # webdataset
+    workers: int = 4  # clip files cut at once
+
+
+def video_fraction(video_id: str) -> float:
+    """A video's place in [0, 1): the first 60 bits of sha256(video_id)."""
+    return int(hashlib.sha256(video_id.encode()).hexdigest()[:15], 16) / 16 ** 15
+
+
+def split_of(video_id: str, test_share: float) -> str:
+    """Stable per video: a video never changes split when the corpus grows, and never sits in two."""
+    return "test" if video_fraction(video_id) < test_share else "train"
+
+
+@dataclass
+class ExportResult:
+    to: str
+    files: list[str]
+    stats: dict
+
+
+class Exporter:
+    """Selects the rows, derives what every format shares, then hands them to the format's writer."""
+
+    def __init__(self, opts: ExportOptions):
+        if opts.fmt not in FORMATS:
+            raise UserError(f"unknown format {opts.fmt!r}; choose one of {', '.join(FORMATS)}")
+        if opts.clips not in CLIP_METHODS:
+            raise UserError(f"--clips must be one of {', '.join(CLIP_METHODS)}")
+        if not 0 <= opts.test_share <= 1:
+            raise UserError(f"--test-share must be between 0 and 1 (got {opts.test_share})")
+        self.opts = opts
+        self.src = Store(opts.output)
+        self.plan = read_plan(self.src)
+        if self.plan is None:
+            raise UserError(f"{opts.output} is not an actcurate output (no plan/plan.json); run `actcurate run` first")
+        self.dst = Store(opts.to)
+        self.files: dict[str, bytes] = {}  # rel path -> bytes, written at the end in sorted order
+        self.stats: dict[str, Any] = {"left_out": Counter(), "written": Counter(), "clip_methods": Counter(),
+                                      "clip_errors": [], "copy_fallbacks": Counter()}
+
+    # -- rows ------------------------------------------------------------------------------------------------------
+    def rows(self) -> list[dict]:
+        table = read_manifests(self.src, sorted(committed_shards(self.src)))
+        if table is None:
+            raise UserError(f"{self.opts.output} has no committed shards yet; nothing to export")
+        self.schema = table.schema
+        all_rows = table.to_pylist()
+        review_rows = reviews.read_reviews(self.src).to_pylist()
+        verdicts, edits = reviews.clip_verdicts(review_rows), reviews.latest_captions(review_rows)
+        by_uri = {v.uri: v for v in self.plan.videos}
+        left = self.stats["left_out"]
+        rows = []
+        for row in all_rows:
+            if row["status"] != "accepted":
+                left[f"pipeline_{row['status']}"] += 1
+                continue
+            if verdicts.get(row["clip_id"]) == "reject":
+                left["review_rejected"] += 1
+                continue
+            planned = by_uri.get(row["video_uri"])
+            row["_split"] = split_of(row["video_id"], self.opts.test_share)
+            row["_caption"], row["_caption_source"] = fields.final_caption(row, edits.get(row["clip_id"]))
+            row["_source"] = (planned.source if planned and planned.source
+                              else posixpath.basename(posixpath.dirname(row["video_uri"])))
+            row["_license"] = planned.license if planned else None
+            row["_annotation"] = self._annotation(row)
+            row["_questions"] = self._questions(row)
+            rows.append(row)
+        self.stats["review_caption_edits"] = sum(1 for r in rows if r["_caption_source"] == "review")
+        self.stats["reviewed_records"] = len(review_rows)
+        return sorted(rows, key=lambda r: (r["video_uri"], r["start_s"], r["clip_id"]))
+
+    def _annotation(self, row: dict) -> dict | None:
+        """The clip's annotations when they are of this format's style (haic QA makes no hmi QA)."""
+        style = ANNOTATION_STYLE.get(self.opts.fmt)
+        text = row.get("annotate_json")
+        if not text or (style and row.get("annotate_style") != style):
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            self.stats["left_out"]["unreadable_annotate_json"] += 1
+            return None
+
+    def _questions(self, row: dict) -> list[dict]:
+        questions = list((row["_annotation"] or {}).get("questions") or [])
+        if not self.opts.keep_guessable:
+            guessable = [q for q in questions if q.get("guessable")]
+            if guessable:
+                self.stats["left_out"]["guessable_questions"] += len(guessable)
+            questions = [q for q in questions if not q.get("guessable")]
+        return questions
+
+    # -- clip files ------------------------------------------------------------------------------------------------
+    def add_clips(self, rows: list[dict]) -> list[dict]:
+        """Cut the clip files (in parallel, in order); a clip whose file cannot be made is left out, counted."""
+        for row in rows:
+            row["_clip_method"] = "none"
+            row["_video"] = row["video_uri"]
+        if self.opts.clips == "none":
+            return rows
+        from manifests.export_clips import cut_clip  # PyAV only when clip files are asked for
+
+        def cut(row):
+            try:
+                return cut_clip(row["video_uri"], row["start_s"], row["end_s"], self.opts.clips,
+                                row.get("scenes_frame_count"))
+            except Exception as exc:  # a source gone or unreadable: this clip only
+                return exc
+
+        kept = []
+        with ThreadPoolExecutor(max_workers=max(1, self.opts.workers)) as pool:
+            for row, result in zip(rows, pool.map(cut, rows)):
+                if isinstance(result, Exception):
+                    self.stats["clip_errors"].append({"clip_id": row["clip_id"],
+                                                      "error": f"{type(result).__name__}: {result}"[:300]})
+                    self.stats["left_out"]["clip_file_error"] += 1
+                    continue
+                rel = f"{CLIP_DIR}/{row['clip_id']}.mp4"
+                row["_video"], row["_clip_method"], row["_clip_bytes"] = rel, result.method, result.data
+                self.stats["clip_methods"][result.method] += 1
+                if result.note:
+                    self.stats["copy_fallbacks"][result.note] += 1
+                kept.append(row)
+        return kept
+
+    # -- run -------------------------------------------------------------------------------------------------------
+    def run(self) -> ExportResult:
+        self._check_destination()
+        rows = self.rows()
+        writer = WRITERS[self.opts.fmt](self)
+        rows = writer.select(rows)
+        rows = self.add_clips(rows)
+        writer.write(rows)
+        if self.opts.fmt != "webdataset":  # webdataset keeps its clips inside the tar shards
+            for row in rows:
+                if "_clip_bytes" in row:
+                    self.files[row["_video"]] = row["_clip_bytes"]
+        self.stats["splits"] = {s: {"clips": sum(r["_split"] == s for r in rows),
+                                    "videos": len({r["video_id"] for r in rows if r["_split"] == s})} for s in SPLITS}
+        self.stats["questions"] = self._question_counts(rows)
+        self.files[CARD] = render_card(self, rows).encode()
+        listing = sorted([*self.files, EXPORT_JSON])
+        self.files[EXPORT_JSON] = (json.dumps(self._summary(listing), indent=2, sort_keys=True) + "\n").encode()
+        for rel in sorted(self.files):
+            self.dst.write_bytes(rel, self.files[rel], sync=False)
+        return ExportResult(self.dst.root, listing, self._summary(listing))
+
+    def _question_counts(self, rows: list[dict]) -> dict:
+        key = QUESTION_GROUP.get(self.opts.fmt)
+        if not key:
+            return {}
+        return dict(sorted(Counter(q.get(key) or "?" for r in rows for q in r["_questions"]).items()))
+
+    def _summary(self, listing: list[str]) -> dict:
+        s = self.stats
+        return {"format": self.opts.fmt, "clips": self.opts.clips, "test_share": self.opts.test_share,
+                "keep_guessable": self.opts.keep_guessable, "run": self.src.root, "splits": s["splits"],
+                "written": dict(sorted(s["written"].items())), "left_out": dict(sorted(s["left_out"].items())),
+                "clip_methods": dict(sorted(s["clip_methods"].items())),
+                "copy_fallbacks": dict(sorted(s["copy_fallbacks"].items())), "clip_errors": s["clip_errors"],
+                "questions": s["questions"], "review_caption_edits": s["review_caption_edits"], "files": listing}
+
+    def _check_destination(self) -> None:
+        """Into an empty folder, or over an earlier export (its files are replaced; files it no longer makes go)."""
+        import pyarrow.fs as pafs
+
+        infos = self.dst.fs.get_file_info(pafs.FileSelector(self.dst.base, allow_not_found=True, recursive=True))
+        present = {posixpath.relpath(i.path, self.dst.base) for i in infos if i.type == pafs.FileType.File}
+        if not present:
+            return
+        if EXPORT_JSON not in present:
+            raise UserError(f"{self.dst.root} is not empty and holds no earlier export; choose an empty --to")
+        previous = set(json.loads(self.dst.read_bytes(EXPORT_JSON)).get("files", []))
+        for rel in sorted(previous & present):
+            self.dst.delete(rel)
+
+
+# ---------------------------------------------------------------------------------------------------------- writers
+class Writer:
+    """One format: which rows it takes and the files it writes (into exporter.files), with counts."""
+
+    def __init__(self, exporter: Exporter):
+        self.ex = exporter
+        self.fmt = exporter.opts.fmt
+
+    def select(self, rows: list[dict]) -> list[dict]:
+        return rows
+
+    def write(self, rows: list[dict]) -> None:
+        raise NotImplementedError
+
+
+class TableWriter(Writer):
+    """The JSONL/CSV formats (haic, hmi, hoigen, actionart): files per split, records from MAPPING."""
+
+    def select(self, rows):
+        if not any(spec.needs_caption for spec in MAPPING[self.fmt]):
+            return rows
+        kept = [r for r in rows if r["_caption"]]
+        if len(kept) < len(rows):
+            self.ex.stats["left_out"]["no_caption"] += len(rows) - len(kept)
+        return kept
+
+    def write(self, rows):
+        for spec in MAPPING[self.fmt]:
+            for split in SPLITS:
+                records = [{f.name: f.get(item) for f in spec.fields}
+                           for item in self._items(spec, [r for r in rows if r["_split"] == split])]
+                if not records:
+                    continue  # no empty files: the card says what is absent
+                path = f"{spec.stem}.{split}.{spec.kind}"
+                self.ex.files[path] = _jsonl(records) if spec.kind == "jsonl" else _csv(spec, records)
+                self.ex.stats["written"][path] = len(records)
+
+    @staticmethod
+    def _items(spec: FileSpec, rows: list[dict]) -> Iterator[Item]:
+        for row in rows:
+            if spec.unit == "clip":
+                yield Item(row)
+            elif spec.unit == "questions":
+                yield from (Item(row, q) for q in row["_questions"])
+            else:
+                yield from (Item(row, p) for p in (row["_annotation"] or {}).get(spec.unit) or [])
+
+
+def _jsonl(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=False) + "\n" for r in records).encode()
+
+
+def _csv(spec: FileSpec, records: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[f.name for f in spec.fields], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buf.getvalue().encode()
+
+
+class FlatWriter(Writer):
+    """webdataset and parquet: one flat record per clip (FLAT_FIELDS, then the scalar manifest columns)."""
+
+    def columns(self) -> list[pa.Field]:
+        schema = self.ex.schema
+        derived = [pa.field(f.name, FLAT_TYPES.get(f.name, pa.string())) for f in FLAT_FIELDS]
+        names = {f.name for f in derived}
+        scalar = [f for f in schema if f.name not in FLAT_SKIP and f.name not in names
+                  and not pa.types.is_nested(f.type)]
+        return derived + scalar
+
+    def records(self, rows: list[dict]) -> list[dict]:
+        derived = {f.name: f.get for f in FLAT_FIELDS}
+        names = [f.name for f in self.columns()]
+        return [{n: (derived[n](Item(r)) if n in derived else r.get(n)) for n in names} for r in rows]
+
+
+class ParquetWriter(FlatWriter):
+    def write(self, rows):
+        schema = pa.schema(self.columns())
+        for split in SPLITS:
+            records = self.records([r for r in rows if r["_split"] == split])
+            if not records:
+                continue
+            buf = io.BytesIO()
+            pq.write_table(pa.Table.from_pylist(records, schema=schema), buf, compression="zstd")
+            path = f"parquet/{split}.parquet"
+            self.ex.files[path] = buf.getvalue()
+            self.ex.stats["written"][path] = len(records)
+
+
+class WebDatasetWriter(FlatWriter):
+    """Tar shards `webdataset/<split>-NNNNNN.tar`; a sample = `<clip_id>.json` (+ `<clip_id>.mp4` with --clips).
+    Members in sorted order with fixed owner, mode and time, so the same rows give the same bytes."""
+
+    def write(self, rows):
+        size = max(1, self.ex.opts.samples_per_shard)
+        for split in SPLITS:
+            part = [r for r in rows if r["_split"] == split]
+            for start in range(0, len(part), size):
+                chunk = part[start:start + size]
+                path = f"webdataset/{split}-{start // size:06d}.tar"
+                self.ex.files[path] = self._tar(chunk)
+                self.ex.stats["written"][path] = len(chunk)
+
+    def _tar(self, rows: list[dict]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for row, record in zip(rows, self.records(rows)):
+                key = row["clip_id"]
+                members = []
+                if "_clip_bytes" in row:
+                    record["video"] = f"{key}.mp4"
+                    members.append((f"{key}.mp4", row["_clip_bytes"]))
+                members.append((f"{key}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode()))
+                for name, data in sorted(members):
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+                    tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+
+WRITERS: dict[str, type[Writer]] = {"haic": TableWriter, "hmi": TableWriter, "hoigen": TableWriter,
+                                    "actionart": TableWriter, "parquet": ParquetWriter, "webdataset": WebDatasetWriter}
+
+
+def export(opts: ExportOptions) -> ExportResult:
+    return Exporter(opts).run()
+
+
+# ---------------------------------------------------------------------------------------------------------- card
+def _cell(value) -> str:
+    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(_cell(v) for v in r) + " |" for r in rows), ""]
+
+
+def render_card(ex: Exporter, rows: list[dict]) -> str:
+    opts, stats = ex.opts, ex.stats
+    info = run_info(ex.src) or {}
+    recipe = info.get("recipe", {})
+    report = audit(ex.src.root)
+    out = [f"# {recipe.get('name', 'actcurate')} — {opts.fmt} export", "",
+           f"Curated with actcurate from `{ex.src.root}` (recipe `{recipe.get('name')}`, hash "
+           f"`{info.get('recipe_hash')}`). Format `{opts.fmt}`; clip files: `{opts.clips}`.", "",
+           "## Contents", ""]
+    out += _table(["split", "clips", "videos"], [[s, stats["splits"][s]["clips"], stats["splits"][s]["videos"]]
+                                                  for s in SPLITS])
+    out.append(f"Split by source video (no video in two splits): a video is in `test` when the first 60 bits of "
+               f"sha256(video_id) / 2^60 < {opts.test_share} (`--test-share`), else in `train`.")
+    out.append("")
+    out += ["## Files", ""]
+    out += _table(["file", "records"], [[f"`{p}`", n] for p, n in sorted(stats["written"].items())])
+    style = ANNOTATION_STYLE.get(opts.fmt)
+    if style:
+        annotated = sum(1 for r in rows if r["_annotation"])
+        if not annotated:
+            out.append(f"No clip carries `{style}` annotations (the annotate stage did not run with style `{style}`): "
+                       f"QA and other annotation files are absent or empty; the captions are complete.")
+        else:
+            out.append(f"{annotated} of {len(rows)} clips carry `{style}` annotations.")
+        out.append("")
+    if stats["questions"]:
+        out += [f"### Questions by {QUESTION_GROUP[opts.fmt]}", ""]
+        out += _table([QUESTION_GROUP[opts.fmt], "questions"], [[k, v] for k, v in stats["questions"].items()])
+    out += ["## Left out", ""]
+    left = dict(stats["left_out"])
+    notes = {"pipeline_rejected": "rejected by a filter (see the funnel)", "pipeline_error": "errors in the run",
+             "review_rejected": "accepted by the pipeline, rejected in review (OUT/reviews)",
+             "no_caption": "accepted but without a caption", "guessable_questions":
+             "questions answerable without the video (annotate's blind check); --keep-guessable keeps them",
+             "clip_file_error": "the clip file could not be cut", "unreadable_annotate_json": "annotations unreadable"}
+    out += _table(["what", "count", "meaning"], [[k, v, notes.get(k, "")] for k, v in sorted(left.items())])
+    out.append(f"Reviews: {stats['reviewed_records']} review records; {left.get('review_rejected', 0)} clips left out "
+               f"by review; {stats['review_caption_edits']} exported captions are reviewers' edits.")
+    out += ["", "## How the clips were curated", "", "Stages and parameters (thresholds) of the recipe, in order:", ""]
+    out += _table(["stage", "parameters"], [[name, ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(p.items()))
+                                            or "(defaults)"] for s in recipe.get("stages", []) for name, p in s.items()])
+    out += ["Funnel (units: videos before the split into clips, clips after):", ""]
+    out += _table(["stage", "in", "out"], [[f["stage"], f["in"], f["out"]] for f in report["funnel"]])
+    if report["reasons"]:
+        out += ["Rejections by rule:", ""]
+        out += _table(["stage", "rule", "clips"], [[r["stage"], r["rule"], r["count"]] for r in report["reasons"]])
+    out += ["## Models", ""]
+    models = Counter()
+    for r in rows:
+        for k, v in r.items():
+            if not k.startswith("_") and (k.endswith("_model") or k.endswith("_backend")) and isinstance(v, str) and v:
+                models[(k, v)] += 1
+    out += _table(["column", "model", "clips"], [[f"`{k}`", v, n] for (k, v), n in sorted(models.items())]) if models \
+        else ["No model columns in the exported rows.", ""]
+    out += ["## Sources and licences", "", "As given in the input list (`license`, `source` columns):", ""]
+    by_licence: dict[str, set] = defaultdict(set)
+    by_source: dict[str, set] = defaultdict(set)
+    for r in rows:
+        by_licence[r["_license"] or "not given"].add(r["video_id"])
+        by_source[r["_source"]].add(r["video_id"])
+    out += _table(["licence", "videos"], [[k, len(v)] for k, v in sorted(by_licence.items())])
+    out += _table(["source", "videos"], [[k, len(v)] for k, v in sorted(by_source.items())])
+    if opts.clips != "none":
+        out += ["## Clip files", "",
+                "Each clip is its manifest span [start_s, end_s) of the source video, video only. `copy`: the packets "
+                "stream-copied where the span starts on a keyframe and needs no frame outside it; otherwise (and "
+                "with `--clips encode`) re-encoded with libx264 (crf 18, fixed options).", ""]
+        out += _table(["method", "clips"], [[k, v] for k, v in sorted(stats["clip_methods"].items())])
+        if stats["copy_fallbacks"]:
+            out += _table(["copy fell back to encode because", "clips"],
+                          [[k, v] for k, v in sorted(stats["copy_fallbacks"].items())])
+    out += ["## Fields", "", "Where the papers leave a field unknown, the choice is ours (marked so).", "",
+            mapping_markdown(opts.fmt), ""]
+    return "\n".join(out)
