@@ -25,7 +25,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests import fields, reviews
+from manifests import reviews
+from manifests.annotations import final_caption
 from manifests.audit import audit, run_info
 from manifests.io import read_manifests
 from pipeline.commits import committed_shards
@@ -92,6 +93,7 @@ START = _col("start", "start_s", ours=True)
 END = _col("end", "end_s", ours=True)
 CAPTION = Field("caption", "review edit, else mome_caption, else caption_text", False, lambda it: it.row["_caption"])
 SOURCE = Field("source", "input list `source`, else the video's folder name", False, lambda it: it.row["_source"])
+GUESSABLE = _part("guessable", "guessable", True)  # the blind check's mark; --drop-guessable leaves these out
 OPTIONS = Field("options", "annotate_json .options, prefixed (A)..(D)", False, lambda it: _letters(it.part.get("options")))
 
 
@@ -111,7 +113,7 @@ MAPPING: dict[str, tuple[FileSpec, ...]] = {
         FileSpec("haic_captions", "jsonl", "clip", (VIDEO, CAPTION, CLIP_ID, SPLIT, START, END)),
         FileSpec("haic_bench_qa", "jsonl", "questions", (
             VIDEO, _part("category", "category"), _part("question", "question"), OPTIONS, _part("answer", "answer"),
-            CLIP_ID, SPLIT)),
+            GUESSABLE, CLIP_ID, SPLIT)),
     ),
     "hmi": (
         FileSpec("hmi", "jsonl", "clip", (
@@ -119,9 +121,11 @@ MAPPING: dict[str, tuple[FileSpec, ...]] = {
             Field("keyframes", "pose_keyframe_times (else caption_frame_times) as frame numbers in the clip", False,
                   lambda it: [_frame_number(it.row, t) for t in _keyframe_times(it.row)]),
             CAPTION,
-            Field("qa", "annotate_json .questions: dimension, type (open | tf), question, answer", False,
+            Field("qa", "annotate_json .questions: dimension, type (open or tf), question, answer (+ guessable: ours)",
+                  False,
                   lambda it: [{"dimension": q.get("dimension"), "type": "tf" if q.get("type") == "true_false" else "open",
-                               "question": q.get("question"), "answer": q.get("answer")} for q in it.row["_questions"]]),
+                               "question": q.get("question"), "answer": q.get("answer"),
+                               "guessable": q.get("guessable")} for q in it.row["_questions"]]),
             Field("keyframe_times", "pose_keyframe_times (else caption_frame_times), source-video seconds", True,
                   lambda it: _keyframe_times(it.row)),
             CLIP_ID, SPLIT)),
@@ -146,7 +150,8 @@ MAPPING: dict[str, tuple[FileSpec, ...]] = {
             needs_caption=False),
         FileSpec("actionart_qa", "jsonl", "questions", (
             VIDEO, _part("subtask", "subtask", True), _part("question", "question", True),
-            Field("options", OPTIONS.source, True, OPTIONS.get), _part("answer", "answer", True), CLIP_ID, SPLIT),
+            Field("options", OPTIONS.source, True, OPTIONS.get), _part("answer", "answer", True), GUESSABLE, CLIP_ID,
+            SPLIT),
             needs_caption=False),
     ),
 }
@@ -194,7 +199,7 @@ class ExportOptions:
     to: str
     clips: str = "none"
     test_share: float = 0.1
-    keep_guessable: bool = False
+    drop_guessable: bool = False
     samples_per_shard: int = 1000  # webdataset
     workers: int = 4  # clip files cut at once
 
@@ -202,6 +207,16 @@ class ExportOptions:
 def video_fraction(video_id: str) -> float:
     """A video's place in [0, 1): the first 60 bits of sha256(video_id)."""
     return int(hashlib.sha256(video_id.encode()).hexdigest()[:15], 16) / 16 ** 15
+
+
+def _caption(row: dict, edit: dict | None) -> tuple[str | None, str | None]:
+    """The exported caption and where it came from: a reviewer's edit wins over the pipeline's final caption."""
+    if edit and edit.get("caption"):
+        return edit["caption"], "review"
+    text = final_caption(row)
+    if not text:
+        return None, None
+    return text, "mome_caption" if text == row.get("mome_caption") else "caption_text"
 
 
 def split_of(video_id: str, test_share: float) -> str:
@@ -257,7 +272,7 @@ class Exporter:
                 continue
             planned = by_uri.get(row["video_uri"])
             row["_split"] = split_of(row["video_id"], self.opts.test_share)
-            row["_caption"], row["_caption_source"] = fields.final_caption(row, edits.get(row["clip_id"]))
+            row["_caption"], row["_caption_source"] = _caption(row, edits.get(row["clip_id"]))
             row["_source"] = (planned.source if planned and planned.source
                               else posixpath.basename(posixpath.dirname(row["video_uri"])))
             row["_license"] = planned.license if planned else None
@@ -282,7 +297,7 @@ class Exporter:
 
     def _questions(self, row: dict) -> list[dict]:
         questions = list((row["_annotation"] or {}).get("questions") or [])
-        if not self.opts.keep_guessable:
+        if self.opts.drop_guessable:
             guessable = [q for q in questions if q.get("guessable")]
             if guessable:
                 self.stats["left_out"]["guessable_questions"] += len(guessable)
@@ -353,7 +368,7 @@ class Exporter:
     def _summary(self, listing: list[str]) -> dict:
         s = self.stats
         return {"format": self.opts.fmt, "clips": self.opts.clips, "test_share": self.opts.test_share,
-                "keep_guessable": self.opts.keep_guessable, "run": self.src.root, "splits": s["splits"],
+                "drop_guessable": self.opts.drop_guessable, "run": self.src.root, "splits": s["splits"],
                 "written": dict(sorted(s["written"].items())), "left_out": dict(sorted(s["left_out"].items())),
                 "clip_methods": dict(sorted(s["clip_methods"].items())),
                 "copy_fallbacks": dict(sorted(s["copy_fallbacks"].items())), "clip_errors": s["clip_errors"],
@@ -547,7 +562,7 @@ def render_card(ex: Exporter, rows: list[dict]) -> str:
     notes = {"pipeline_rejected": "rejected by a filter (see the funnel)", "pipeline_error": "errors in the run",
              "review_rejected": "accepted by the pipeline, rejected in review (OUT/reviews)",
              "no_caption": "accepted but without a caption", "guessable_questions":
-             "questions answerable without the video (annotate's blind check); --keep-guessable keeps them",
+             "questions the blind text-only model answered (annotate_json .guessable), left out by --drop-guessable",
              "clip_file_error": "the clip file could not be cut", "unreadable_annotate_json": "annotations unreadable"}
     out += _table(["what", "count", "meaning"], [[k, v, notes.get(k, "")] for k, v in sorted(left.items())])
     out.append(f"Reviews: {stats['reviewed_records']} review records; {left.get('review_rejected', 0)} clips left out "

@@ -117,20 +117,3 @@ def thresholds_for(column: str, params: dict[str, dict]) -> list[dict]:
 
 def rule_column(stage: str, rule: str) -> str | None:
     return next((f.column for f in RULE_FIELDS if f.stage == stage and f.rule == rule), None)
-
-
-# The dataset's caption of a clip, most authoritative first: a reviewer's edit (OUT/reviews), MoME's final caption,
-# the captioner's prose. Export and anything else that needs "the caption" use this one rule.
-CAPTION_PRECEDENCE = ("mome_caption", "caption_text")
-
-
-def final_caption(row: dict, edit: dict | None = None) -> tuple[str | None, str | None]:
-    """(text, where it came from: "review" | a column name | None) for one manifest row; `edit` is the clip's
-    entry of manifests.reviews.latest_captions, if any."""
-    if edit and edit.get("caption"):
-        return edit["caption"], "review"
-    for column in CAPTION_PRECEDENCE:
-        text = row.get(column)
-        if isinstance(text, str) and text.strip():
-            return text, column
-    return None, None

@@ -128,15 +128,15 @@ def audit(output, as_json, html_file) -> None:
               help="Clip files: stream copy where exact (else re-encode), re-encode, or none (records point at the "
                    "source video and span).")
 @click.option("--test-share", type=float, default=0.1, show_default=True, help="Share of source videos in the test split.")
-@click.option("--keep-guessable", is_flag=True, help="Keep questions answerable without the video.")
+@click.option("--drop-guessable", is_flag=True, help="Leave out questions the blind text-only model answered.")
 @click.option("--samples-per-shard", type=int, default=1000, show_default=True, help="webdataset: clips per tar.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Clip files cut at once.")
-def export(output, fmt, to, clips, test_share, keep_guessable, samples_per_shard, workers) -> None:
+def export(output, fmt, to, clips, test_share, drop_guessable, samples_per_shard, workers) -> None:
     """Accepted (and not review-rejected) clips as a dataset: records, optional clip files, a README.md card."""
     from manifests.export import ExportOptions, export as run_export
 
     result = run_export(ExportOptions(output=output, fmt=fmt, to=to, clips=clips, test_share=test_share,
-                                      keep_guessable=keep_guessable, samples_per_shard=samples_per_shard,
+                                      drop_guessable=drop_guessable, samples_per_shard=samples_per_shard,
                                       workers=workers))
     s = result.stats
     console.print(f"exported {sum(v['clips'] for v in s['splits'].values())} clips "
