@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests import reviews
@@ -166,6 +167,7 @@ FLAT_FIELDS: tuple[Field, ...] = (
 FLAT_TYPES = {"duration_s": pa.float64()}
 FLAT_SKIP = {"status", "reject_stage", "reject_rule", "reject_value", "reject_threshold", "error_stage", "error_type",
              "error_message", "shard_id", "timings"}
+LIST_COLUMNS = ("pose_keyframe_times", "caption_frame_times")  # the only per-frame lists a format reads
 ANNOTATION_STYLE = {"haic": "haic", "hmi": "hmi", "hoigen": "hoigen", "actionart": "actionart"}
 QUESTION_GROUP = {"haic": "category", "hmi": "dimension", "actionart": "subtask"}
 
@@ -256,17 +258,21 @@ class Exporter:
         table = read_manifests(self.src, sorted(committed_shards(self.src)))
         if table is None:
             raise UserError(f"{self.opts.output} has no committed shards yet; nothing to export")
+        # per-frame lists (boxes, keypoints, OCR text) are never exported: leave them in Arrow, and count the rows
+        # the pipeline did not accept without turning them into Python
+        keep = [f.name for f in table.schema if not pa.types.is_nested(f.type) or f.name in LIST_COLUMNS]
+        table = table.select(keep)
         self.schema = table.schema
-        all_rows = table.to_pylist()
+        for status, count in Counter(table.column("status").to_pylist()).items():
+            if status != "accepted":
+                self.stats["left_out"][f"pipeline_{status}"] += count
+        all_rows = table.filter(pc.equal(table.column("status"), "accepted")).to_pylist()
         review_rows = reviews.read_reviews(self.src).to_pylist()
         verdicts, edits = reviews.clip_verdicts(review_rows), reviews.latest_captions(review_rows)
         by_uri = {v.uri: v for v in self.plan.videos}
         left = self.stats["left_out"]
         rows = []
         for row in all_rows:
-            if row["status"] != "accepted":
-                left[f"pipeline_{row['status']}"] += 1
-                continue
             if verdicts.get(row["clip_id"]) == "reject":
                 left["review_rejected"] += 1
                 continue
@@ -529,12 +535,32 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
             *("| " + " | ".join(_cell(v) for v in r) + " |" for r in rows), ""]
 
 
+def front_matter(written: list[str]) -> list[str]:
+    """The Hugging Face card header: one config per file kind, its splits' files, so that
+    `datasets.load_dataset(DIR, "<config>")` loads it."""
+    configs: dict[str, dict[str, str]] = defaultdict(dict)
+    for path in sorted(written):
+        if path.startswith("webdataset/"):
+            split = posixpath.basename(path).split("-")[0]
+            configs["default"][split] = f"webdataset/{split}-*.tar"
+        elif path.startswith("parquet/"):
+            configs["default"][posixpath.basename(path).split(".")[0]] = path
+        else:
+            stem, split, _ = path.split(".")
+            configs[stem][split] = path
+    out = ["---", "configs:"]
+    for name, splits in configs.items():
+        out += [f"- config_name: {name}", "  data_files:"]
+        out += [f"  - split: {split}\n    path: {path}" for split, path in splits.items()]
+    return [*out, "---", ""]
+
+
 def render_card(ex: Exporter, rows: list[dict]) -> str:
     opts, stats = ex.opts, ex.stats
     info = run_info(ex.src) or {}
     recipe = info.get("recipe", {})
     report = audit(ex.src.root)
-    out = [f"# {recipe.get('name', 'actcurate')} — {opts.fmt} export", "",
+    out = [*front_matter(list(stats["written"])), f"# {recipe.get('name', 'actcurate')} — {opts.fmt} export", "",
            f"Curated with actcurate from `{ex.src.root}` (recipe `{recipe.get('name')}`, hash "
            f"`{info.get('recipe_hash')}`). Format `{opts.fmt}`; clip files: `{opts.clips}`.", "",
            "## Contents", ""]

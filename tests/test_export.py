@@ -82,6 +82,7 @@ def runs(ray_local, tmp_path_factory) -> dict[str, Path]:
         media.make_video(root / "videos" / name, segments=(40, 40), fps=25, gop=gop, seed=i)
     (root / "videos" / "list.csv").write_text(LIST)
     (root / "videos" / "two.txt").write_text("studio/a.mp4\nstreet/c.mp4\n")
+    (root / "videos" / "plain.txt").write_text("studio/a.mp4\nstreet/c.mp4\nstreet/missing.mp4\n")
     outs = {}
     with VlmServer() as server:
         server.rules([
@@ -98,7 +99,7 @@ def runs(ray_local, tmp_path_factory) -> dict[str, Path]:
         for name, style, listing, mome, annotate in (
                 ("haic", "haic", "list.csv", True, True), ("hmi", "hmi", "two.txt", False, True),
                 ("actionart", "actionart", "two.txt", False, True), ("hoigen", "hoigen", "two.txt", False, True),
-                ("plain", "haic", "two.txt", False, False)):
+                ("plain", "haic", "plain.txt", False, False)):
             outs[name] = root / name
             run(RunOptions(recipe=build_recipe(recipe_doc(server, style, mome, annotate)), output=str(outs[name]),
                            input=str(root / "videos" / listing), shard_size=2, progress=False))
@@ -185,6 +186,12 @@ def test_haic_field_by_field(runs, rows, share, tmp_path):
     assert "min_clip_s=1.0" in card and "| scenes | 4 | 8 |" in card
     guessable = sum(r["guessable"] for r in qa)
     assert 0 < guessable < len(qa) and guessable == sum(r["answer"] == "B" for r in qa)
+    # the card's header makes every file kind a `datasets` config with its splits
+    import datasets
+
+    bench = datasets.load_dataset(str(tmp_path), "haic_bench_qa", cache_dir=str(tmp_path.parent / "hf"))
+    assert {s: bench[s].num_rows for s in bench} == {"train": 8, "test": 8}
+    assert sorted(bench["test"][0]) == sorted(qa[0])
     dropped = do_export(runs["haic"], "haic", tmp_path / "dropped", share, drop_guessable=True)
     assert not any(r["guessable"] for r in records(tmp_path / "dropped", "haic_bench_qa"))
     assert dropped.stats["left_out"] == {"guessable_questions": guessable}
@@ -195,9 +202,13 @@ def test_haic_of_a_run_without_annotations_writes_the_captions_and_says_qa_is_ab
     result = do_export(runs["plain"], "haic", tmp_path, 0.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "export.json", "haic_captions.train.jsonl"]
     captions = read_jsonl(tmp_path / "haic_captions.train.jsonl")
-    assert [r["caption"] for r in captions] == [r["caption_text"] for r in rows["plain"]]  # no MoME: the caption
-    assert "No clip carries `haic` annotations" in (tmp_path / "README.md").read_text()
+    made = [r for r in rows["plain"] if r["status"] == "accepted"]
+    assert [r["caption"] for r in captions] == [r["caption_text"] for r in made] and len(made) == 4  # no MoME
+    card = (tmp_path / "README.md").read_text()
+    assert "No clip carries `haic` annotations" in card
+    assert "| pipeline_error | 1 | errors in the run |" in card  # the missing video: left out, counted
     assert result.stats["splits"]["test"] == {"clips": 0, "videos": 0}
+    assert result.stats["left_out"] == {"pipeline_error": 1}
 
 
 def test_hmi_field_by_field(runs, rows, tmp_path):
@@ -268,7 +279,8 @@ def test_parquet_loads_with_datasets(runs, rows, share, tmp_path):
 
     do_export(runs["haic"], "parquet", tmp_path, share)
     loaded = datasets.load_dataset("parquet", data_files={s: str(tmp_path / "parquet" / f"{s}.parquet")
-                                                           for s in ("train", "test")})
+                                                           for s in ("train", "test")},
+                                   cache_dir=str(tmp_path.parent / "hf"))
     assert {s: loaded[s].num_rows for s in loaded} == {"train": 4, "test": 4}
     manifest = by_clip(rows["haic"])
     for split in ("train", "test"):
@@ -338,6 +350,7 @@ def test_encoded_clip_files_decode_to_the_spans(runs, rows, tmp_path):
     result = do_export(runs["plain"], "hmi", tmp_path, 0.0, clips="encode")
     recs = read_jsonl(tmp_path / "hmi.train.jsonl")
     manifest = by_clip(rows["plain"])
+    assert len(recs) == 4
     assert result.stats["clip_methods"] == {"encode": 4}
     for rec in recs:
         assert rec["video"] == f"clips/{rec['clip_id']}.mp4"
