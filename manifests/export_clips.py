@@ -6,7 +6,8 @@ A clip's span is the truth: the frames whose start times lie in [start_s, end_s)
 - `copy`: stream-copy the span's packets, without re-encoding, where that gives exactly the span: the span starts on
   a keyframe, no packet of the span depends on one outside it, and the packets are the span's frame count.
   Otherwise that clip is re-encoded; the method used is reported per clip.
-Video only: audio is not exported.
+Video only: audio is not exported. The display rotation is kept; an odd width or height loses its last pixel
+column or row when re-encoded (4:2:0 needs even sizes).
 """
 
 from __future__ import annotations

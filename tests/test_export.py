@@ -444,3 +444,14 @@ def test_mapping_table_is_complete_and_in_the_readme():
     assert any(r["ours"] for r in rows) and any(not r["ours"] for r in rows)
     assert {spec.stem for specs in MAPPING.values() for spec in specs} >= {"haic_captions", "haic_bench_qa", "hmi",
                                                                              "hoigen_caption_info", "actionart_qa"}
+
+
+def test_clip_files_keep_the_display_rotation(tmp_path):
+    from manifests.export_clips import cut_clip
+
+    source = media.make_video(tmp_path / "rot.mp4", segments=(40, 40), fps=25, gop=20, rotation=90)
+    for method in ("copy", "encode"):
+        made = cut_clip(str(source), 1.6, 3.2, method, 40)
+        (tmp_path / f"{method}.mp4").write_bytes(made.data)
+        assert made.method == method and made.frames == 40
+        assert media.read_rotation(tmp_path / f"{method}.mp4") == 90  # a phone video stays upright
