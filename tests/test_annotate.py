@@ -17,6 +17,7 @@ from fixtures_run import clip_rows
 from fixtures_vlm import VlmServer
 from manifests.annotations import (ANNOTATIONS, HAIC_CATEGORIES, HMI_DIMENSIONS, LETTERS, QA_RULES,
                                    final_caption, parse_annotation)
+from manifests.audit import audit
 from pipeline.calls import CallLedger
 from pipeline.clip import Clip
 from pipeline.recipe import build_recipe
@@ -127,6 +128,13 @@ def test_duplicates_and_near_duplicates_by_token_overlap():
     assert kept == [a, near, other]
     kept, _ = drop_duplicates([a, other], str, overlap)  # at the threshold the later one goes
     assert kept == [a]
+
+
+def test_parameters_that_do_not_apply_are_refused():
+    with pytest.raises(ValueError, match="ground_on_pose"):
+        AnnotateStage.Params(ground_on_pose=True)
+    assert AnnotateStage(AnnotateStage.Params(style="hmi")).frame_request() is None  # QA reads no frames
+    assert AnnotateStage(AnnotateStage.Params(style="actionart")).frame_request() is not None
 
 
 def test_contract_columns_and_final_caption():
@@ -355,6 +363,7 @@ def engine_runs(ray_local, tmp_path_factory):
         run(opts)
         found["resume_log"] = server.stats()["log"]
         found["resumed"] = clip_rows(str(out))
+        found["audit"] = audit(str(out))
 
         server.rules([{"model": GENERATOR, "text": "fine-grained multiple-choice", "set": {"questions": [
             {"subtask": s, "question": f"{q} {{caption_sha}}?", "correct_answer": "left", "distractors":
@@ -422,6 +431,8 @@ def test_redo_and_resume_repeat_no_finished_call(engine_runs):
         assert r["annotate_cached_calls"] == r["annotate_calls"] == 2 and r["caption_cached"]
         assert r["annotate_json"] == before[r["clip_id"]]["annotate_json"]
         assert r["annotate_dropped"] == before[r["clip_id"]]["annotate_dropped"]
+    costs = {m["stage"]: m for m in engine_runs["audit"]["model_calls"]}
+    assert costs["annotate"]["clips"] == 4 and costs["annotate"]["cached_clips"] == 4
 
 
 @pytest.mark.slow
