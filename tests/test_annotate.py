@@ -11,13 +11,14 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pytest
+from rich.console import Console
 
 import media
 from fixtures_run import clip_rows
 from fixtures_vlm import VlmServer
 from manifests.annotations import (ANNOTATIONS, HAIC_CATEGORIES, HMI_DIMENSIONS, LETTERS, QA_RULES,
                                    final_caption, parse_annotation)
-from manifests.audit import audit
+from manifests.audit import audit, render_text
 from pipeline.calls import CallLedger
 from pipeline.clip import Clip
 from pipeline.recipe import build_recipe
@@ -433,6 +434,19 @@ def test_redo_and_resume_repeat_no_finished_call(engine_runs):
         assert r["annotate_dropped"] == before[r["clip_id"]]["annotate_dropped"]
     costs = {m["stage"]: m for m in engine_runs["audit"]["model_calls"]}
     assert costs["annotate"]["clips"] == 4 and costs["annotate"]["cached_clips"] == 4
+
+
+@pytest.mark.slow
+def test_audit_counts_the_qa_checks(engine_runs):
+    rows = engine_runs["resumed"]
+    guessable = sum(r["annotate_guessable"] for r in rows)
+    assert engine_runs["audit"]["qa"] == [{"stage": "annotate", "kept": 4 * 5, "guessable": guessable,
+                                           "dropped": {rule: 4 * n for rule, n in sorted(HAIC_DROPPED.items())}}]
+    console = Console(record=True, width=200)
+    render_text(engine_runs["audit"], console)
+    assert f"QA (annotate): 20 kept on accepted clips, {guessable} of them guessable blind; dropped: count_phrase 4, " \
+           "duplicate 4, near_duplicate 4, sequence_option_length 4, sequence_phrase 4, subject_label 4" \
+        in console.export_text()
 
 
 @pytest.mark.slow
