@@ -251,6 +251,15 @@ def test_invalid_output_is_retried_with_new_seeds_then_an_error_row(vlm, tmp_pat
     assert blind_fails.columns["annotate_calls"] == 2 and blind_fails.columns["annotate_prompt_tokens"] > 0
 
 
+def test_a_safety_stop_rejects_by_blocked(vlm, tmp_path):
+    vlm.rules([{"model": GENERATOR, "fault": "blocked"}])
+    clip = captioned("A boxer punches.")
+    annotate(vlm, tmp_path, [clip])
+    assert clip.status == "rejected" and clip.reject_stage == "annotate" and clip.reject_rule == "blocked"
+    assert clip.columns["annotate_outcome"] == "blocked" and clip.columns["annotate_calls"] == 1
+    assert len(vlm.stats()["log"]) == 1  # a blocked answer is final: not retried, no blind call
+
+
 def test_hmi_open_and_true_false_with_the_blind_check_on_true_false_only(vlm, tmp_path):
     questions = [{"dimension": d, "type": t, "question": f"{d} {t} about {{caption_sha}}?", "answer": a}
                  for d in HMI_DIMENSIONS for t, a in (("open", "He raises the right arm"), ("true_false", "True"))]

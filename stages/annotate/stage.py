@@ -137,8 +137,8 @@ class AnnotateStage(VlmStage):
                 self._bookkeeping(clip, calls)
         payload = ANNOTATIONS[style].model_validate(result)  # the contract holds, or this row is an error
         self.set(clip, json=payload.model_dump_json(), dropped=[d.row() for d in dropped])
-        kept = result.get("triplets") if style == "hoigen" else result["questions"]
-        self.set(clip, guessable=sum(bool(q.get("guessable")) for q in kept) if style != "hoigen" else 0)
+        kept = result["triplets"] if style == "hoigen" else result["questions"]
+        self.set(clip, guessable=sum(bool(item.get("guessable")) for item in kept))  # triplets have none
         if not kept:
             rule = "no_triplets" if style == "hoigen" else "no_questions"
             self.at_least(clip, rule, 0, 1)
@@ -243,7 +243,7 @@ class AnnotateStage(VlmStage):
                                    blind_answers(len(asked), kind))
         for q, guess in zip(asked, answers.answers):
             q["guessable"] = guess == q["answer"]
-        self.set(clip, blind_model=calls[-1].model)
+        self.set(clip, blind_model=next(c.model for c in calls if c.expert == "annotate_blind"))
 
     # -- actionart's frame tasks -----------------------------------------------------------------------------------
     def keyframes(self, clip: Clip) -> list[int]:
