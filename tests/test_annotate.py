@@ -11,12 +11,14 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pytest
+from rich.console import Console
 
 import media
 from fixtures_run import clip_rows
 from fixtures_vlm import VlmServer
 from manifests.annotations import (ANNOTATIONS, HAIC_CATEGORIES, HMI_DIMENSIONS, LETTERS, QA_RULES,
                                    final_caption, parse_annotation)
+from manifests.audit import audit, render_text
 from pipeline.calls import CallLedger
 from pipeline.clip import Clip
 from pipeline.recipe import build_recipe
@@ -127,6 +129,13 @@ def test_duplicates_and_near_duplicates_by_token_overlap():
     assert kept == [a, near, other]
     kept, _ = drop_duplicates([a, other], str, overlap)  # at the threshold the later one goes
     assert kept == [a]
+
+
+def test_parameters_that_do_not_apply_are_refused():
+    with pytest.raises(ValueError, match="ground_on_pose"):
+        AnnotateStage.Params(ground_on_pose=True)
+    assert AnnotateStage(AnnotateStage.Params(style="hmi")).frame_request() is None  # QA reads no frames
+    assert AnnotateStage(AnnotateStage.Params(style="actionart")).frame_request() is not None
 
 
 def test_contract_columns_and_final_caption():
@@ -242,6 +251,15 @@ def test_invalid_output_is_retried_with_new_seeds_then_an_error_row(vlm, tmp_pat
     assert blind_fails.columns["annotate_calls"] == 2 and blind_fails.columns["annotate_prompt_tokens"] > 0
 
 
+def test_a_safety_stop_rejects_by_blocked(vlm, tmp_path):
+    vlm.rules([{"model": GENERATOR, "fault": "blocked"}])
+    clip = captioned("A boxer punches.")
+    annotate(vlm, tmp_path, [clip])
+    assert clip.status == "rejected" and clip.reject_stage == "annotate" and clip.reject_rule == "blocked"
+    assert clip.columns["annotate_outcome"] == "blocked" and clip.columns["annotate_calls"] == 1
+    assert len(vlm.stats()["log"]) == 1  # a blocked answer is final: not retried, no blind call
+
+
 def test_hmi_open_and_true_false_with_the_blind_check_on_true_false_only(vlm, tmp_path):
     questions = [{"dimension": d, "type": t, "question": f"{d} {t} about {{caption_sha}}?", "answer": a}
                  for d in HMI_DIMENSIONS for t, a in (("open", "He raises the right arm"), ("true_false", "True"))]
@@ -355,6 +373,7 @@ def engine_runs(ray_local, tmp_path_factory):
         run(opts)
         found["resume_log"] = server.stats()["log"]
         found["resumed"] = clip_rows(str(out))
+        found["audit"] = audit(str(out))
 
         server.rules([{"model": GENERATOR, "text": "fine-grained multiple-choice", "set": {"questions": [
             {"subtask": s, "question": f"{q} {{caption_sha}}?", "correct_answer": "left", "distractors":
@@ -422,6 +441,21 @@ def test_redo_and_resume_repeat_no_finished_call(engine_runs):
         assert r["annotate_cached_calls"] == r["annotate_calls"] == 2 and r["caption_cached"]
         assert r["annotate_json"] == before[r["clip_id"]]["annotate_json"]
         assert r["annotate_dropped"] == before[r["clip_id"]]["annotate_dropped"]
+    costs = {m["stage"]: m for m in engine_runs["audit"]["model_calls"]}
+    assert costs["annotate"]["clips"] == 4 and costs["annotate"]["cached_clips"] == 4
+
+
+@pytest.mark.slow
+def test_audit_counts_the_qa_checks(engine_runs):
+    rows = engine_runs["resumed"]
+    guessable = sum(r["annotate_guessable"] for r in rows)
+    assert engine_runs["audit"]["qa"] == [{"stage": "annotate", "kept": 4 * 5, "guessable": guessable,
+                                           "dropped": {rule: 4 * n for rule, n in sorted(HAIC_DROPPED.items())}}]
+    console = Console(record=True, width=200)
+    render_text(engine_runs["audit"], console)
+    assert f"QA (annotate): 20 kept on accepted clips, {guessable} of them guessable blind; dropped: count_phrase 4, " \
+           "duplicate 4, near_duplicate 4, sequence_option_length 4, sequence_phrase 4, subject_label 4" \
+        in console.export_text()
 
 
 @pytest.mark.slow

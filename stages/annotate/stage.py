@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from manifests.annotations import (ANNOTATIONS, HAIC_CATEGORIES, HMI_DIMENSIONS, LETTERS, QA_RULES,
                                    final_caption)
@@ -60,6 +60,14 @@ class AnnotateParams(VlmParams):
     # do with his left hand?" / "...with the left hand?") pass it, a change of body part or person does not.
     near_duplicate: float | None = Field(0.8, gt=0, le=1)
     max_sequence_option_words: int = Field(15, ge=1)  # HAIC's Action Sequence options [E1]
+
+    @model_validator(mode="after")
+    def _caption_only(self) -> "AnnotateParams":
+        # inherited from the captioning parameters, meaningless here: say so rather than ignore them
+        if self.ground_on_pose or self.max_person_count_diff is not None:
+            raise ValueError("annotate reads the caption, not the pose facts: ground_on_pose and "
+                             "max_person_count_diff belong to caption")
+        return self
 
 
 class AnnotateStage(VlmStage):
@@ -129,8 +137,8 @@ class AnnotateStage(VlmStage):
                 self._bookkeeping(clip, calls)
         payload = ANNOTATIONS[style].model_validate(result)  # the contract holds, or this row is an error
         self.set(clip, json=payload.model_dump_json(), dropped=[d.row() for d in dropped])
-        kept = result.get("triplets") if style == "hoigen" else result["questions"]
-        self.set(clip, guessable=sum(bool(q.get("guessable")) for q in kept) if style != "hoigen" else 0)
+        kept = result["triplets"] if style == "hoigen" else result["questions"]
+        self.set(clip, guessable=sum(bool(item.get("guessable")) for item in kept))  # triplets have none
         if not kept:
             rule = "no_triplets" if style == "hoigen" else "no_questions"
             self.at_least(clip, rule, 0, 1)
@@ -154,7 +162,8 @@ class AnnotateStage(VlmStage):
 
     async def _generate(self, clip: Clip, caption: str, calls: list[CallResult]) -> BaseModel:
         style = self.params.style
-        text = self._prompt(style, "annotate", caption=caption.strip(), per_category=self.params.per_category)
+        # the caption last: a brace in it is never taken for a slot
+        text = self._prompt(style, "annotate", per_category=self.params.per_category, caption=caption.strip())
         return await self._call(clip, calls, "annotate", "annotate", text, DRAFTS[style])
 
     # -- question styles -------------------------------------------------------------------------------------------
@@ -234,7 +243,7 @@ class AnnotateStage(VlmStage):
                                    blind_answers(len(asked), kind))
         for q, guess in zip(asked, answers.answers):
             q["guessable"] = guess == q["answer"]
-        self.set(clip, blind_model=calls[-1].model)
+        self.set(clip, blind_model=next(c.model for c in calls if c.expert == "annotate_blind"))
 
     # -- actionart's frame tasks -----------------------------------------------------------------------------------
     def keyframes(self, clip: Clip) -> list[int]:
