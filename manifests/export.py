@@ -601,6 +601,11 @@ def render_card(ex: Exporter, rows: list[dict]) -> str:
     if report["reasons"]:
         out += ["Rejections by rule:", ""]
         out += _table(["stage", "rule", "clips"], [[r["stage"], r["rule"], r["count"]] for r in report["reasons"]])
+    for qa in report.get("qa", []):  # the annotate stage's QA checks, over the whole run (the audit's figures)
+        out += [f"Questions of `{qa['stage']}` in the run: {qa['kept']} kept on accepted clips, "
+                f"{qa['guessable']} of them marked guessable; dropped by QA rule:", ""]
+        out += _table(["rule", "questions"], [[k, v] for k, v in qa["dropped"].items()]) if qa["dropped"] \
+            else ["(none)", ""]
     out += ["## Models", ""]
     models = Counter()
     for r in rows:

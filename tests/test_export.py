@@ -186,6 +186,7 @@ def test_haic_field_by_field(runs, rows, share, tmp_path):
     assert "min_clip_s=1.0" in card and "| scenes | 4 | 8 |" in card
     guessable = sum(r["guessable"] for r in qa)
     assert 0 < guessable < len(qa) and guessable == sum(r["answer"] == "B" for r in qa)
+    assert f"Questions of `annotate` in the run: 16 kept on accepted clips, {guessable} of them marked guessable" in card
     # the card's header makes every file kind a `datasets` config with its splits
     import datasets
 
