@@ -11,12 +11,15 @@ Every exported field comes from the one mapping table, MAPPING, below; the READM
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
+import itertools
 import json
 import posixpath
 import tarfile
-from collections import Counter, defaultdict
+import tempfile
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -249,7 +252,7 @@ class Exporter:
         if self.plan is None:
             raise UserError(f"{opts.output} is not an actcurate output (no plan/plan.json); run `actcurate run` first")
         self.dst = Store(opts.to)
-        self.files: dict[str, bytes] = {}  # rel path -> bytes, written at the end in sorted order
+        self.listing: list[str] = []  # every file written, relative to --to
         self.stats: dict[str, Any] = {"left_out": Counter(), "written": Counter(), "clip_methods": Counter(),
                                       "clip_errors": [], "copy_fallbacks": Counter()}
 
@@ -310,14 +313,23 @@ class Exporter:
             questions = [q for q in questions if not q.get("guessable")]
         return questions
 
-    # -- clip files ------------------------------------------------------------------------------------------------
-    def add_clips(self, rows: list[dict]) -> list[dict]:
-        """Cut the clip files (in parallel, in order); a clip whose file cannot be made is left out, counted."""
+    # -- files -----------------------------------------------------------------------------------------------------
+    def put(self, rel: str, data: bytes) -> None:
+        self.dst.write_bytes(rel, data, sync=False)
+        self.listing.append(rel)
+
+    def put_file(self, rel: str, source) -> None:
+        self.dst.write_from(rel, source)
+        self.listing.append(rel)
+
+    def clip_stream(self, rows: list[dict]) -> Iterator[tuple[dict, bytes | None]]:
+        """Each row with its clip file's bytes (None with --clips none), in order, cut `workers` at a time with at
+        most twice that many files in memory; a clip whose file cannot be made is left out and counted."""
         for row in rows:
-            row["_clip_method"] = "none"
-            row["_video"] = row["video_uri"]
+            row["_clip_method"], row["_video"] = "none", row["video_uri"]
         if self.opts.clips == "none":
-            return rows
+            yield from ((row, None) for row in rows)
+            return
         from manifests.export_clips import cut_clip  # PyAV only when clip files are asked for
 
         def cut(row):
@@ -327,43 +339,41 @@ class Exporter:
             except Exception as exc:  # a source gone or unreadable: this clip only
                 return exc
 
-        kept = []
-        with ThreadPoolExecutor(max_workers=max(1, self.opts.workers)) as pool:
-            for row, result in zip(rows, pool.map(cut, rows)):
+        workers = max(1, self.opts.workers)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: deque = deque()
+            todo = iter(rows)
+            for row in itertools.islice(todo, 2 * workers):
+                pending.append((row, pool.submit(cut, row)))
+            while pending:
+                row, future = pending.popleft()
+                for nxt in itertools.islice(todo, 1):
+                    pending.append((nxt, pool.submit(cut, nxt)))
+                result = future.result()
                 if isinstance(result, Exception):
                     self.stats["clip_errors"].append({"clip_id": row["clip_id"],
                                                       "error": f"{type(result).__name__}: {result}"[:300]})
                     self.stats["left_out"]["clip_file_error"] += 1
                     continue
-                rel = f"{CLIP_DIR}/{row['clip_id']}.mp4"
-                row["_video"], row["_clip_method"], row["_clip_bytes"] = rel, result.method, result.data
+                row["_video"], row["_clip_method"] = f"{CLIP_DIR}/{row['clip_id']}.mp4", result.method
                 self.stats["clip_methods"][result.method] += 1
                 if result.note:
                     self.stats["copy_fallbacks"][result.note] += 1
-                kept.append(row)
-        return kept
+                yield row, result.data
 
     # -- run -------------------------------------------------------------------------------------------------------
     def run(self) -> ExportResult:
         self._check_destination()
-        rows = self.rows()
         writer = WRITERS[self.opts.fmt](self)
-        rows = writer.select(rows)
-        rows = self.add_clips(rows)
-        writer.write(rows)
-        if self.opts.fmt != "webdataset":  # webdataset keeps its clips inside the tar shards
-            for row in rows:
-                if "_clip_bytes" in row:
-                    self.files[row["_video"]] = row["_clip_bytes"]
+        rows = writer.write(self.clip_stream(writer.select(self.rows())))
         self.stats["splits"] = {s: {"clips": sum(r["_split"] == s for r in rows),
                                     "videos": len({r["video_id"] for r in rows if r["_split"] == s})} for s in SPLITS}
         self.stats["questions"] = self._question_counts(rows)
-        self.files[CARD] = render_card(self, rows).encode()
-        listing = sorted([*self.files, EXPORT_JSON])
-        self.files[EXPORT_JSON] = (json.dumps(self._summary(listing), indent=2, sort_keys=True) + "\n").encode()
-        for rel in sorted(self.files):
-            self.dst.write_bytes(rel, self.files[rel], sync=False)
-        return ExportResult(self.dst.root, listing, self._summary(listing))
+        self.put(CARD, render_card(self, rows).encode())
+        listing = sorted([*self.listing, EXPORT_JSON])
+        summary = self._summary(listing)
+        self.put(EXPORT_JSON, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+        return ExportResult(self.dst.root, listing, summary)
 
     def _question_counts(self, rows: list[dict]) -> dict:
         key = QUESTION_GROUP.get(self.opts.fmt)
@@ -406,7 +416,17 @@ class Writer:
     def select(self, rows: list[dict]) -> list[dict]:
         return rows
 
-    def write(self, rows: list[dict]) -> None:
+    def write(self, stream: Iterator[tuple[dict, bytes | None]]) -> list[dict]:
+        """Consume (row, clip file bytes or None) in order; returns the rows written."""
+        rows = []
+        for row, clip in stream:
+            if clip is not None:
+                self.ex.put(row["_video"], clip)
+            rows.append(row)
+        self.write_records(rows)
+        return rows
+
+    def write_records(self, rows: list[dict]) -> None:
         raise NotImplementedError
 
 
@@ -421,7 +441,7 @@ class TableWriter(Writer):
             self.ex.stats["left_out"]["no_caption"] += len(rows) - len(kept)
         return kept
 
-    def write(self, rows):
+    def write_records(self, rows):
         for spec in MAPPING[self.fmt]:
             for split in SPLITS:
                 records = [{f.name: f.get(item) for f in spec.fields}
@@ -429,7 +449,7 @@ class TableWriter(Writer):
                 if not records:
                     continue  # no empty files: the card says what is absent
                 path = f"{spec.stem}.{split}.{spec.kind}"
-                self.ex.files[path] = _jsonl(records) if spec.kind == "jsonl" else _csv(spec, records)
+                self.ex.put(path, _jsonl(records) if spec.kind == "jsonl" else _csv(spec, records))
                 self.ex.stats["written"][path] = len(records)
 
     @staticmethod
@@ -458,6 +478,7 @@ def _csv(spec: FileSpec, records: list[dict]) -> bytes:
 class FlatWriter(Writer):
     """webdataset and parquet: one flat record per clip (FLAT_FIELDS, then the scalar manifest columns)."""
 
+    @functools.cached_property
     def columns(self) -> list[pa.Field]:
         schema = self.ex.schema
         derived = [pa.field(f.name, FLAT_TYPES.get(f.name, pa.string())) for f in FLAT_FIELDS]
@@ -468,13 +489,13 @@ class FlatWriter(Writer):
 
     def records(self, rows: list[dict]) -> list[dict]:
         derived = {f.name: f.get for f in FLAT_FIELDS}
-        names = [f.name for f in self.columns()]
+        names = [f.name for f in self.columns]
         return [{n: (derived[n](Item(r)) if n in derived else r.get(n)) for n in names} for r in rows]
 
 
 class ParquetWriter(FlatWriter):
-    def write(self, rows):
-        schema = pa.schema(self.columns())
+    def write_records(self, rows):
+        schema = pa.schema(self.columns)
         for split in SPLITS:
             records = self.records([r for r in rows if r["_split"] == split])
             if not records:
@@ -482,39 +503,56 @@ class ParquetWriter(FlatWriter):
             buf = io.BytesIO()
             pq.write_table(pa.Table.from_pylist(records, schema=schema), buf, compression="zstd")
             path = f"parquet/{split}.parquet"
-            self.ex.files[path] = buf.getvalue()
+            self.ex.put(path, buf.getvalue())
             self.ex.stats["written"][path] = len(records)
 
 
 class WebDatasetWriter(FlatWriter):
     """Tar shards `webdataset/<split>-NNNNNN.tar`; a sample = `<clip_id>.json` (+ `<clip_id>.mp4` with --clips).
-    Members in sorted order with fixed owner, mode and time, so the same rows give the same bytes."""
+    Members in sorted order with fixed owner, mode and time, so the same rows give the same bytes. Each split's
+    open shard is spooled to a temporary file and uploaded when full: clip files never pile up in memory."""
 
-    def write(self, rows):
+    def write(self, stream):
         size = max(1, self.ex.opts.samples_per_shard)
-        for split in SPLITS:
-            part = [r for r in rows if r["_split"] == split]
-            for start in range(0, len(part), size):
-                chunk = part[start:start + size]
-                path = f"webdataset/{split}-{start // size:06d}.tar"
-                self.ex.files[path] = self._tar(chunk)
-                self.ex.stats["written"][path] = len(chunk)
+        open_shards: dict[str, tuple[tarfile.TarFile, Any, int]] = {}
+        shard_index: Counter = Counter()
+        rows = []
+        for row, clip in stream:
+            split = row["_split"]
+            if split not in open_shards:
+                spool = tempfile.TemporaryFile()
+                open_shards[split] = (tarfile.open(fileobj=spool, mode="w", format=tarfile.USTAR_FORMAT), spool, 0)
+            tar, spool, count = open_shards[split]
+            self._add_sample(tar, row, clip)
+            rows.append(row)
+            open_shards[split] = (tar, spool, count + 1)
+            if count + 1 == size:
+                self._close(split, shard_index, *open_shards.pop(split))
+        for split in sorted(open_shards):
+            self._close(split, shard_index, *open_shards.pop(split))
+        return rows
 
-    def _tar(self, rows: list[dict]) -> bytes:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for row, record in zip(rows, self.records(rows)):
-                key = row["clip_id"]
-                members = []
-                if "_clip_bytes" in row:
-                    record["video"] = f"{key}.mp4"
-                    members.append((f"{key}.mp4", row["_clip_bytes"]))
-                members.append((f"{key}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode()))
-                for name, data in sorted(members):
-                    info = tarfile.TarInfo(name)
-                    info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
-                    tar.addfile(info, io.BytesIO(data))
-        return buf.getvalue()
+    def _add_sample(self, tar: tarfile.TarFile, row: dict, clip: bytes | None) -> None:
+        key = row["clip_id"]
+        record = self.records([row])[0]
+        members = []
+        if clip is not None:
+            record["video"] = f"{key}.mp4"
+            members.append((f"{key}.mp4", clip))
+        members.append((f"{key}.json", json.dumps(record, sort_keys=True, ensure_ascii=False).encode()))
+        for name, data in sorted(members):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+            tar.addfile(info, io.BytesIO(data))
+
+    def _close(self, split: str, shard_index: Counter, tar: tarfile.TarFile, spool, count: int) -> None:
+        tar.close()
+        spool.seek(0)
+        path = f"webdataset/{split}-{shard_index[split]:06d}.tar"
+        shard_index[split] += 1
+        self.ex.put_file(path, spool)
+        spool.close()
+        self.ex.stats["written"][path] = count
 
 
 WRITERS: dict[str, type[Writer]] = {"haic": TableWriter, "hmi": TableWriter, "hoigen": TableWriter,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
+import shutil
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -121,6 +122,19 @@ class Store:
         else:
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
+
+    def write_from(self, rel: str, source) -> None:
+        """Like write_bytes, from a binary file object copied in chunks (large files never held in memory)."""
+        path = self._path(rel)
+        if self.local:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(source, f, 1 << 20)
+            os.replace(tmp, path)
+        else:
+            with self.fs.open_output_stream(path) as f:
+                shutil.copyfileobj(source, f, 1 << 20)
 
     def list(self, rel_dir: str) -> list[str]:
         """Names (not paths) of the files directly under rel_dir, sorted; empty if the folder does not exist."""

@@ -82,7 +82,8 @@ def runs(ray_local, tmp_path_factory) -> dict[str, Path]:
         media.make_video(root / "videos" / name, segments=(40, 40), fps=25, gop=gop, seed=i)
     (root / "videos" / "list.csv").write_text(LIST)
     (root / "videos" / "two.txt").write_text("studio/a.mp4\nstreet/c.mp4\n")
-    (root / "videos" / "plain.txt").write_text("studio/a.mp4\nstreet/c.mp4\nstreet/missing.mp4\n")
+    media.make_video(root / "videos" / "street" / "gone.mp4", segments=(40, 40), fps=25, seed=9)
+    (root / "videos" / "plain.txt").write_text("studio/a.mp4\nstreet/c.mp4\nstreet/gone.mp4\nstreet/missing.mp4\n")
     outs = {}
     with VlmServer() as server:
         server.rules([
@@ -103,6 +104,7 @@ def runs(ray_local, tmp_path_factory) -> dict[str, Path]:
             outs[name] = root / name
             run(RunOptions(recipe=build_recipe(recipe_doc(server, style, mome, annotate)), output=str(outs[name]),
                            input=str(root / "videos" / listing), shard_size=2, progress=False))
+    (root / "videos" / "street" / "gone.mp4").unlink()  # a source deleted after the run: its clip files fail
     return outs
 
 
@@ -204,7 +206,7 @@ def test_haic_of_a_run_without_annotations_writes_the_captions_and_says_qa_is_ab
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "export.json", "haic_captions.train.jsonl"]
     captions = read_jsonl(tmp_path / "haic_captions.train.jsonl")
     made = [r for r in rows["plain"] if r["status"] == "accepted"]
-    assert [r["caption"] for r in captions] == [r["caption_text"] for r in made] and len(made) == 4  # no MoME
+    assert [r["caption"] for r in captions] == [r["caption_text"] for r in made] and len(made) == 6  # no MoME
     card = (tmp_path / "README.md").read_text()
     assert "No clip carries `haic` annotations" in card
     assert "| pipeline_error | 1 | errors in the run |" in card  # the missing video: left out, counted
@@ -351,8 +353,13 @@ def test_encoded_clip_files_decode_to_the_spans(runs, rows, tmp_path):
     result = do_export(runs["plain"], "hmi", tmp_path, 0.0, clips="encode")
     recs = read_jsonl(tmp_path / "hmi.train.jsonl")
     manifest = by_clip(rows["plain"])
-    assert len(recs) == 4
+    assert len(recs) == 4 and not any("gone" in r["video"] for r in recs)
     assert result.stats["clip_methods"] == {"encode": 4}
+    # the two clips whose source was deleted after the run: left out, counted, each with its reason
+    assert result.stats["left_out"] == {"clip_file_error": 2, "pipeline_error": 1}
+    assert [e["error"] for e in result.stats["clip_errors"]] == [f"FileNotFoundError: no such file: "
+                                                                 f"{runs['plain'].parent}/videos/street/gone.mp4"] * 2
+    assert "| clip_file_error | 2 | the clip file could not be cut |" in (tmp_path / "README.md").read_text()
     for rec in recs:
         assert rec["video"] == f"clips/{rec['clip_id']}.mp4"
         check_clip_file((tmp_path / rec["video"]).read_bytes(), manifest[rec["clip_id"]])
@@ -377,7 +384,7 @@ def test_two_exports_are_byte_identical(runs, share, tmp_path):
     assert sorted(tree(first)) == ["README.md", "export.json", "parquet/train.parquet"]
 
 
-def test_export_to_s3_through_the_cli(runs, share, tmp_path):
+def test_export_to_s3_through_the_cli(runs, share, tmp_path, monkeypatch):
     from s3server import MotoServer
 
     with MotoServer() as s3:
@@ -396,12 +403,18 @@ def test_export_to_s3_through_the_cli(runs, share, tmp_path):
         assert all(r["video"].startswith("clips/") for r in map(json.loads, body.decode().splitlines()))
         summary = json.loads(client.get_object(Bucket="datasets", Key="haic v1/export.json")["Body"].read())
         assert sorted(summary["files"]) == sorted(k.removeprefix("haic v1/") for k in keys)
-        # the same export to a local folder: the same files, byte for byte
-        do_export(runs["haic"], "haic", tmp_path, share, clips="encode")
-        local = tree(tmp_path)
-        assert sorted(local) == sorted(k.removeprefix("haic v1/") for k in keys)
-        for key in keys:
-            assert client.get_object(Bucket="datasets", Key=key)["Body"].read() == local[key.removeprefix("haic v1/")]
+        # webdataset shards go up from a spooled file; then both exports again to a local folder: the same files,
+        # byte for byte
+        for name, value in s3.env.items():
+            monkeypatch.setenv(name, value)
+        do_export(runs["haic"], "webdataset", "s3://datasets/wds", share, clips="copy", samples_per_shard=3)
+        for prefix, fmt, clips in (("haic v1/", "haic", "encode"), ("wds/", "webdataset", "copy")):
+            do_export(runs["haic"], fmt, tmp_path / fmt, share, clips=clips, samples_per_shard=3)
+            local = tree(tmp_path / fmt)
+            found = sorted(o["Key"] for o in client.list_objects_v2(Bucket="datasets", Prefix=prefix)["Contents"])
+            assert sorted(local) == [k.removeprefix(prefix) for k in found] and len(found) > 3
+            for key in found:
+                assert client.get_object(Bucket="datasets", Key=key)["Body"].read() == local[key.removeprefix(prefix)]
 
 
 def test_review_verdicts_leave_clips_out_and_edited_captions_win(runs, rows, tmp_path):
