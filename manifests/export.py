@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests import reviews
-from manifests.annotations import final_caption
+from manifests.annotations import LETTERS, final_caption
 from manifests.audit import audit, run_info
 from manifests.io import read_manifests
 from pipeline.commits import committed_shards
@@ -55,14 +55,16 @@ class Item:
 
 
 def _letters(options) -> list[str]:
-    return [f"({chr(65 + i)}) {o}" for i, o in enumerate(options or [])]
+    return [f"({letter}) {o}" for letter, o in zip(LETTERS, options or [])]
 
 
-def _frame_number(row: dict, t: float) -> int:
-    """A source-video time as a frame number inside the clip (0: the clip's first frame), at the clip's mean rate."""
+def _frame_number(row: dict, t: float) -> int | None:
+    """A source-video time as a frame number inside the clip (0: the clip's first frame), at the clip's mean rate
+    (its frame count over its span; else the probed rate; None when neither is known)."""
     duration = row["end_s"] - row["start_s"]
     rate = (row.get("scenes_frame_count") or 0) / duration if duration > 0 else 0
-    return max(0, round((t - row["start_s"]) * rate)) if rate else 0
+    rate = rate or row.get("probe_fps_avg")
+    return max(0, round((t - row["start_s"]) * rate)) if rate else None
 
 
 def _keyframe_times(row: dict) -> list[float]:

@@ -58,8 +58,10 @@ def endpoint(server, model, **extra):
 
 
 def recipe_doc(server, style: str, mome: bool, annotate: bool) -> dict:
-    stages = {"probe": {}, "scenes": {"min_clip_s": 1.0}, "motion": {"fps": 5.0},
+    stages = {"probe": {}, "scenes": {"min_clip_s": 1.0},
               "caption": {"style": style, **endpoint(server, VISION), "max_frames": 3, "batch_size": 4}}
+    if style in ("haic", "hoigen"):  # motion_score: hoigen's `flow`, and a scalar column of the flat formats
+        stages = {**{k: stages[k] for k in ("probe", "scenes")}, "motion": {"fps": 5.0}, "caption": stages["caption"]}
     if mome:
         stages["mome"] = {"style": style, **endpoint(server, EXPERT_B), "batch_size": 4,
                           "judge": endpoint(server, JUDGE), "third": endpoint(server, "llava-hf/llava-ov")}
@@ -228,7 +230,7 @@ def test_hmi_field_by_field(runs, rows, tmp_path):
         assert rec["keyframe_times"] == row["caption_frame_times"] and len(rec["keyframes"]) == 3
         # keyframes are frame numbers inside the clip (25 fps, the clip starts at frame 0)
         assert rec["keyframes"] == [round((t - row["start_s"]) * 25) for t in row["caption_frame_times"]]
-        assert rec["keyframes"][0] == 0 and all(0 <= k < 40 for k in rec["keyframes"])
+        assert all(0 <= k < 40 for k in rec["keyframes"])
         questions = json.loads(row["annotate_json"])["questions"]
         assert rec["qa"] == [{"dimension": q["dimension"], "type": {"open": "open", "true_false": "tf"}[q["type"]],
                               "question": q["question"], "answer": q["answer"], "guessable": q["guessable"]}
