@@ -24,7 +24,7 @@ FAST = {"backoff_s": 0.01, "backoff_max_s": 0.05}
 def server():
     with VlmServer(api_key=KEY, models=("Qwen/Qwen2.5-VL-7B-Instruct", "OpenGVLab/InternVL3-8B",
                                         "llava-hf/llava-onevision-qwen2-7b-ov-hf",
-                                        "meta-llama/Llama-3.1-8B-Instruct", "gemini-2.5-pro")) as s:
+                                        "meta-llama/Llama-3.1-8B-Instruct", "gemini-2.5-pro", "gemini-2.5-flash")) as s:
         yield s
 
 

@@ -93,6 +93,8 @@ class Request:
     frame_times: list[float] = field(default_factory=list)
     schema_name: str = "answer"
     schema: dict[str, Any] | None = None
+    video: bytes | None = None  # send: clip (gemini): the clip's stream-copied span, an MP4
+    video_metadata: dict[str, Any] | None = None  # Gemini's videoMetadata for it (startOffset, endOffset, fps)
 
 
 def retry_after_s(headers: httpx2.Headers) -> float | None:
@@ -158,6 +160,12 @@ class ChatClient:
 
     def body(self, request: Request, seed: int) -> dict[str, Any]:
         raise NotImplementedError
+
+    def frames_only(self, request: Request) -> None:
+        """For the backends that take no video file: a span sent to them is an error, never silently dropped."""
+        if request.video is not None:
+            raise CallError(f"{self.role}: backend {self.params.backend} takes frames only (send: clip needs "
+                            "backend gemini)")
 
     def endpoint(self, body: dict[str, Any]) -> str:
         raise NotImplementedError
@@ -227,6 +235,7 @@ class OpenAIClient(ChatClient):
 
     # -- request building ------------------------------------------------------------------------------------------
     def body(self, request: Request, seed: int) -> dict[str, Any]:
+        self.frames_only(request)
         p = self.params
         content: list[dict[str, Any]] = []
         if request.images and p.frames_as == "video":
