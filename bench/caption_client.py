@@ -5,7 +5,7 @@ For each level of requests in flight (8, 64, 256): one caption actor (`concurren
 clips of tiny frames (so the figure measures the client, not JPEG work) in one Ray Data map_batches call. Achieved
 rate: requests over the span between the server's first and last arrival (steady state; actor start-up is
 reported apart as wall seconds). Client CPU per request: the same stage called in this process without Ray,
-process CPU time over requests. Call records go to a temporary OUT, as in a run (one fsync'd file per call).
+process CPU time over requests. Call records go to a temporary OUT, as in a run (one file per call, no fsync).
 
     .venv/bin/python bench/caption_client.py [--latency 0.5] [--levels 8,64,256]
 

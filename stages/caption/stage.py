@@ -22,7 +22,7 @@ from stages.caption.caller import BLOCKED, ERROR, Caller, CallResult
 from stages.caption.client import EndpointParams, Request, make_client
 from stages.caption.sources import read_source_captions
 from stages.caption.span import Span, SpanError, copy_span
-from stages.caption.styles import STYLES, Style
+from stages.caption.styles import STYLES, Style, cached_prompt
 
 
 class CaptionFailed(Exception):
@@ -269,9 +269,7 @@ def json_schema(model: type[BaseModel]) -> dict:
 
 
 def _template(name: str) -> str:
-    from pipeline.resources import prompt_text
-
-    return prompt_text("mome", name)
+    return cached_prompt("mome", name)
 
 
 def parse_with(style: Style):
