@@ -87,6 +87,7 @@ def audit_with_rows(output: str) -> tuple[dict, list[dict]]:
         "scores": _scores(table, fields.recipe_params(run_info(store))) if table is not None else [],
         "reviews": reviews.summary(store, {r["clip_id"]: r["status"] for r in rows}),
         "model_calls": _model_calls(table, order) if table is not None else [],
+        "qa": _qa(table, order) if table is not None else [],
     }
     return report, rows
 
@@ -262,6 +263,26 @@ def _model_calls(table, order: list[str]) -> list[dict]:
     return out
 
 
+def _qa(table, order: list[str]) -> list[dict]:
+    """Per annotating stage (one with <stage>_dropped and <stage>_guessable): the questions (or triplets) kept on
+    accepted clips, those a QA rule dropped, by rule, and the kept ones the blind check marked guessable."""
+    out = []
+    for stage in order:
+        columns = [f"{stage}_{k}" for k in ("json", "dropped", "guessable")]
+        if not all(c in table.column_names for c in columns):
+            continue
+        rows = table.select(columns + ["status"]).to_pylist()
+        kept = 0
+        for r in rows:
+            if r["status"] == "accepted" and r[columns[0]]:
+                value = json.loads(r[columns[0]])
+                kept += len(value.get("questions", value.get("triplets", [])))
+        dropped = Counter(d["rule"] for r in rows for d in r[columns[1]] or [])
+        out.append({"stage": stage, "kept": kept, "dropped": dict(sorted(dropped.items())),
+                    "guessable": sum(r[columns[2]] or 0 for r in rows if r["status"] == "accepted")})
+    return out
+
+
 # -- rendering --------------------------------------------------------------------------------------------------------
 def render_text(report: dict, console) -> None:
     from rich.table import Table
@@ -321,6 +342,10 @@ def render_text(report: dict, console) -> None:
                           f"{m['latency_s']:.2f}",
                           _fmt(m["output_tokens_per_s"]))
         console.print(calls)
+    for q in report.get("qa") or []:
+        dropped = ", ".join(f"{rule} {n}" for rule, n in q["dropped"].items()) or "none"
+        console.print(f"QA ({q['stage']}): {q['kept']} kept on accepted clips, {q['guessable']} of them guessable "
+                      f"blind; dropped: {dropped}")
 
 
 def _fmt(value) -> str:

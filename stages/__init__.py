@@ -2,6 +2,7 @@
 
 from pipeline.stage import Stage
 from stages.aesthetic import AestheticStage
+from stages.annotate import AnnotateStage
 from stages.caption import CaptionStage, MomeStage
 from stages.motion import MotionStage
 from stages.ocr import OcrStage
@@ -11,9 +12,9 @@ from stages.scenes import ScenesStage
 
 STAGES: dict[str, type[Stage]] = {
     cls.name: cls for cls in (ProbeStage, ScenesStage, PoseStage, OcrStage, AestheticStage, MotionStage, CaptionStage,
-                          MomeStage)
+                          MomeStage, AnnotateStage)
 }
 
 
-__all__ = ["STAGES", "AestheticStage", "CaptionStage", "MomeStage", "MotionStage", "OcrStage", "PoseStage",
-           "ProbeStage", "ScenesStage"]
+__all__ = ["STAGES", "AestheticStage", "AnnotateStage", "CaptionStage", "MomeStage", "MotionStage", "OcrStage",
+           "PoseStage", "ProbeStage", "ScenesStage"]

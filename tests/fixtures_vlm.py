@@ -10,7 +10,10 @@ and counts requests. Control: POST /_rules (a JSON list, replaces the rules), GE
 A rule: {"model": exact, "text": regex over the prompt, "colors": [names every one of which must be seen],
 "times": how many matching requests it applies to, "fault": 429|500|400|timeout|malformed|empty|repeat|length|
 blocked, "retry_after": s, "delay": s, "set": {field: value} merged into the generated answer}. The first active
-matching rule applies; with none, the answer is generated from the schema alone.
+matching rule applies; with none, the answer is generated from the schema alone. Strings under "set" may hold
+{caption} (the prompt's text between <caption> and </caption>, as the annotate prompts quote the caption),
+{caption_sha} (its sha1, 8 hex digits) and {digest} (the answer's prompt-and-images digest), so scripted answers
+follow the text they were asked about: a different caption gives different questions.
 """
 
 from __future__ import annotations
@@ -169,8 +172,10 @@ def generate(schema: dict, defs: dict, words: str, name: str = ""):
     kind = schema.get("type")
     if kind == "object":
         return {k: generate(v, defs, words, k) for k, v in schema.get("properties", {}).items()}
-    if kind == "array":
-        return [generate(schema.get("items", {}), defs, words, name)]
+    if kind == "array":  # minItems items (one when unset), the later ones named apart
+        count = max(1, schema.get("minItems", 1))
+        items = schema.get("items", {})
+        return [generate(items, defs, words, name if i == 0 else f"{name} {i + 1}") for i in range(count)]
     if kind == "integer":
         return max(1, schema.get("minimum", 1))
     if kind == "number":
@@ -178,6 +183,24 @@ def generate(schema: dict, defs: dict, words: str, name: str = ""):
     if kind == "boolean":
         return True
     return f"{name}: {words}"
+
+
+def fill_slots(value, slots: dict[str, str]):
+    """A rule's "set" value with its {slot}s filled (strings at any depth)."""
+    if isinstance(value, str):
+        for slot, text in slots.items():
+            value = value.replace("{" + slot + "}", text)
+        return value
+    if isinstance(value, list):
+        return [fill_slots(v, slots) for v in value]
+    if isinstance(value, dict):
+        return {k: fill_slots(v, slots) for k, v in value.items()}
+    return value
+
+
+def caption_of(text: str) -> str:
+    found = re.search(r"<caption>\n?(.*?)\n?</caption>", text, re.S)
+    return found.group(1) if found else ""
 
 
 class State:
@@ -310,7 +333,10 @@ class Handler(BaseHTTPRequestHandler):
         if schema:
             answer = generate(schema, schema.get("$defs", {}), words)
             if isinstance(answer, dict):
-                answer.update(rule.get("set", {}))
+                quoted = caption_of(text)
+                slots = {"caption": quoted, "caption_sha": hashlib.sha1(quoted.encode()).hexdigest()[:8],
+                         "digest": digest}
+                answer.update(fill_slots(rule.get("set", {}), slots))
             content = json.dumps(answer)
         else:
             content = words
