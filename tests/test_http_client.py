@@ -94,3 +94,36 @@ def test_no_answer_is_a_timeout_and_a_closed_fresh_connection_a_transport_error(
         run(lambda n: (b"", True), requests=1)
     with pytest.raises(HttpTransportError, match="ConnectionRefusedError|OSError"):
         asyncio.run(HttpClient(2.0, {}).post_json("http://127.0.0.1:9/x", {}))
+
+
+def test_https_verifies_the_server_certificate(tmp_path):
+    import ssl
+    import subprocess
+
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days",
+                    "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                   capture_output=True)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+
+    async def main(trust: bool):
+        async def handle(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{"tls":true}')
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=served)
+        client = HttpClient(5.0, {})
+        if trust:  # a client that trusts this self-signed certificate (the default bundle does not)
+            client._ssl = ssl.create_default_context(cafile=str(cert))
+        try:
+            return await client.post_json(f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {})
+        finally:
+            await client.aclose()
+            server.close()
+
+    with pytest.raises(HttpTransportError, match="CERTIFICATE_VERIFY_FAILED"):
+        asyncio.run(main(trust=False))
+    assert asyncio.run(main(trust=True)).json() == {"tls": True}

@@ -95,7 +95,9 @@ class HttpClient:
             _close(writer)
         scheme, hostname, port = origin
         if scheme == "https" and self._ssl is None:
-            self._ssl = ssl.create_default_context()
+            import httpx2  # the CA bundle httpx (preflight) verifies with, so both trust the same servers
+
+            self._ssl = httpx2.create_ssl_context()
         return False, await asyncio.open_connection(hostname, port, ssl=self._ssl if scheme == "https" else None)
 
     async def _exchange(self, reader, writer, request: bytes, reused: bool) -> tuple[Response, bool]:
