@@ -5,7 +5,9 @@ For each level of requests in flight (8, 64, 256): one caption actor (`concurren
 clips of tiny frames (so the figure measures the client, not JPEG work) in one Ray Data map_batches call. Achieved
 rate: requests over the span between the server's first and last arrival (steady state; actor start-up is
 reported apart as wall seconds). Client CPU per request: the same stage called in this process without Ray,
-process CPU time over requests. Call records go to a temporary OUT, as in a run (one fsync'd file per call).
+process CPU time over requests; the server's CPU per request beside it, and the load average before and after
+(the figures are only as good as the CPU the machine leaves the client and the server). Call records go to a
+temporary OUT, as in a run (one file per call, no fsync).
 
     .venv/bin/python bench/caption_client.py [--latency 0.5] [--levels 8,64,256]
 
@@ -52,6 +54,15 @@ def params(server: VlmServer, level: int) -> dict:
     return dict(base_url=server.url, style="haic", max_frames=1, concurrency=level, batch_size=1, workers=1)
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc), e.g. the server's: its share of a loaded machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def through_ray(server: VlmServer, level: int, latency: float, out: str) -> dict:
     import ray
     import ray.data
@@ -59,6 +70,7 @@ def through_ray(server: VlmServer, level: int, latency: float, out: str) -> dict
     n = 4 * level
     rows = [encode_row("s0", f"bench{level}", 0, True, clips(n, level))]
     server.reset()
+    server_cpu = process_cpu_s(server.proc.pid)
     started = time.monotonic()
     ds = ray.data.from_items(rows).map_batches(
         StageRunner, fn_constructor_kwargs=dict(stage_cls=CaptionStage, params=params(server, level),
@@ -67,13 +79,15 @@ def through_ray(server: VlmServer, level: int, latency: float, out: str) -> dict
         num_cpus=0.5)
     done = ds.take_all()
     wall = time.monotonic() - started
+    server_cpu = (process_cpu_s(server.proc.pid) - server_cpu) if server_cpu is not None else None
     arrivals = sorted(e["t"] for e in server.stats(brief=True)["log"])
     assert len(done) == 1 and len(arrivals) == n, (len(done), len(arrivals))
     span = arrivals[-1] - arrivals[0] + latency  # the last request's own latency completes the window
     achieved = n / span
     ideal = level / latency
     return {"requests": n, "achieved_rps": round(achieved, 1), "ideal_rps": round(ideal, 1),
-            "efficiency": round(achieved / ideal, 3), "wall_s_with_actor_start": round(wall, 2)}
+            "efficiency": round(achieved / ideal, 3), "wall_s_with_actor_start": round(wall, 2),
+            "server_cpu_ms_per_request": round(1000 * server_cpu / n, 2) if server_cpu is not None else None}
 
 
 def cpu_per_request(server: VlmServer, level: int, out: str) -> float:
@@ -97,7 +111,8 @@ def main() -> None:
 
     from pipeline.executor import ensure_ray
 
-    results: dict = {"latency_s": args.latency, "levels": {}}
+    results: dict = {"latency_s": args.latency, "cores": os.cpu_count(), "loadavg_1m_before": os.getloadavg()[0],
+                     "levels": {}}
     with VlmServer(api_key=KEY, latency=args.latency) as server, tempfile.TemporaryDirectory() as tmp:
         ensure_ray()
         for level in levels:
@@ -107,8 +122,10 @@ def main() -> None:
             results["levels"][level] = figures
             print(f"{level:4d} in flight: {figures['achieved_rps']:7.1f} req/s of {figures['ideal_rps']:7.1f} ideal "
                   f"(efficiency {figures['efficiency']:.3f}), "
-                  f"client CPU {figures['client_cpu_ms_per_request']} ms/request", flush=True)
+                  f"client CPU {figures['client_cpu_ms_per_request']} ms/request, server CPU "
+                  f"{figures['server_cpu_ms_per_request']} ms/request", flush=True)
         ray.shutdown()
+    results["loadavg_1m_after"] = os.getloadavg()[0]
     for level in levels:
         results[f"efficiency_{level}"] = results["levels"][level]["efficiency"]
     print(json.dumps(results))

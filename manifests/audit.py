@@ -230,11 +230,12 @@ def _scores(table, params: dict[str, dict]) -> list[dict]:
 
 def _model_calls(table, order: list[str]) -> list[dict]:
     """Cost drivers of the stages that call models (those with <stage>_prompt_tokens): tokens in, out and thinking,
-    calls answered from OUT/calls (not paid again), and output tokens per second of call latency."""
+    completions paid for (retries with new seeds included), calls answered from OUT/calls (not paid again), and
+    output tokens per second of call latency."""
     out = []
     for stage in order:
         wanted = [f"{stage}_{k}" for k in ("prompt_tokens", "output_tokens", "thinking_tokens", "latency_s",
-                                          "cached", "cached_calls")]
+                                          "cached", "cached_calls", "attempts", "calls")]
         present = [c for c in wanted if c in table.column_names]
         if f"{stage}_prompt_tokens" not in present:
             continue
@@ -248,8 +249,13 @@ def _model_calls(table, order: list[str]) -> list[dict]:
 
         latency = total("latency_s")
         output = total("output_tokens")
+        # paid by the run that wrote each row: one call per clip with <stage>_attempts completions (none when
+        # answered from OUT/calls), or <stage>_calls calls of which <stage>_cached_calls were answered so
+        paid = sum(0 if r.get(f"{stage}_cached") else (r.get(f"{stage}_attempts") or 0) for r in billed) \
+            if f"{stage}_attempts" in present else total("calls") - total("cached_calls")
         out.append({"stage": stage, "clips": len(billed), "prompt_tokens": int(total("prompt_tokens")),
                     "output_tokens": int(output), "thinking_tokens": int(total("thinking_tokens")),
+                    "paid_calls": int(paid),
                     "cached_clips": sum(1 for r in billed
                                         if r.get(f"{stage}_cached") or r.get(f"{stage}_cached_calls")),
                     "latency_s": round(latency, 3),
@@ -327,12 +333,13 @@ def render_text(report: dict, console) -> None:
 
     if report.get("model_calls"):
         calls = Table(title="model calls", title_justify="left")
-        for col in ("stage", "clips", "prompt tokens", "output tokens", "thinking tokens", "cached clips",
-                    "call seconds", "output tokens/s"):
+        for col in ("stage", "clips", "prompt tokens", "output tokens", "thinking tokens", "paid calls",
+                    "cached clips", "call seconds", "output tokens/s"):
             calls.add_column(col, justify="left" if col == "stage" else "right")
         for m in report["model_calls"]:
             calls.add_row(m["stage"], str(m["clips"]), str(m["prompt_tokens"]), str(m["output_tokens"]),
-                          str(m["thinking_tokens"]), str(m["cached_clips"]), f"{m['latency_s']:.2f}",
+                          str(m["thinking_tokens"]), str(m["paid_calls"]), str(m["cached_clips"]),
+                          f"{m['latency_s']:.2f}",
                           _fmt(m["output_tokens_per_s"]))
         console.print(calls)
     for q in report.get("qa") or []:

@@ -234,8 +234,8 @@ def render_html(report: dict, rows: list[dict] | None = None) -> str:
     calls = report.get("model_calls", [])
     if calls:
         out.append("<h3>Model calls: tokens and cost drivers</h3>")
-        keys = ("clips", "prompt_tokens", "output_tokens", "thinking_tokens", "cached_clips", "latency_s",
-                "output_tokens_per_s")
+        keys = ("clips", "prompt_tokens", "output_tokens", "thinking_tokens", "paid_calls", "cached_clips",
+                "latency_s", "output_tokens_per_s")
         out.append(_table(["stage", *keys], [
             [esc(c["stage"])] + [num(c[k], f"model_calls.{i}.{k}") for k in keys] for i, c in enumerate(calls)]))
 

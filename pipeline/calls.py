@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from pipeline.redact import redact
+from pipeline.redact import redactor
 from pipeline.storage import Store
 
 CALLS_DIR = "calls"
@@ -29,6 +29,9 @@ class CallLedger:
 
     def __init__(self, output: str | None):
         self.store = Store(output) if output else None
+        self.local = self.store is None or self.store.local  # records are small local files: no thread needed
+        # the secrets are those present when the ledger is made, as the model clients read their keys then
+        self.redact = redactor()
 
     def _rel(self, clip_id: str, key: str) -> str:
         return f"{CALLS_DIR}/{re.sub(r'[^A-Za-z0-9_.-]', '_', clip_id)}/{key}.json"
@@ -48,7 +51,7 @@ class CallLedger:
         if self.store is None:
             return
         # redact: an error message may quote a server's answer, which may echo a header
-        data = redact(json.dumps({**record, "key": key}, sort_keys=True, default=str))
+        data = self.redact(json.dumps({**record, "key": key}, sort_keys=True, default=str))
         # no fsync: a killed worker loses nothing; after a machine crash an empty record reads as missing and the
         # call is asked again (fsync per call put the disk on every call's critical path)
         self.store.write_bytes(self._rel(clip_id, key), data.encode(), sync=False)

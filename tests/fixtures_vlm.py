@@ -3,7 +3,8 @@
     python tests/fixtures_vlm.py [--api-key K] [--latency S] [--models a,b]   (prints "PORT <n>" when ready)
 
 It answers from scripted rules that depend on the prompt text, the model and the images (each JPEG's mean colour
-is named, so a different frame changes the answer), fills the requested json_schema, injects latency and faults,
+is named, so a different frame changes the answer; a Gemini inline video is decoded and sampled at its
+videoMetadata fps between its offsets, each sampled frame's colour named likewise), fills the requested json_schema, injects latency and faults,
 and counts requests. Control: POST /_rules (a JSON list, replaces the rules), GET /_stats, POST /_reset.
 
 A rule: {"model": exact, "text": regex over the prompt, "colors": [names every one of which must be seen],
@@ -22,6 +23,7 @@ import base64
 import colorsys
 import hashlib
 import json
+import math
 import re
 import socket
 import sys
@@ -39,6 +41,11 @@ def color_name(jpeg: bytes) -> str:
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         return "undecodable"
+    return color_of(image)
+
+
+def color_of(image: np.ndarray) -> str:
+    """The name of a BGR image's mean colour."""
     b, g, r = (float(v) / 255 for v in image.reshape(-1, 3).mean(axis=0))
     h, s, v = colorsys.rgb_to_hsv(r, g, b)
     if v < 0.15:
@@ -63,17 +70,86 @@ def images_of(messages: list[dict]) -> list[bytes]:
     return found
 
 
-def gemini_request(body: dict) -> tuple[str, list[bytes], dict | None]:
-    """The prompt text, the inline images and the schema of a generateContent body."""
-    texts, images = [], []
+OFFSET = re.compile(r"^\d+(\.\d{1,9})?s$")  # a protobuf Duration as JSON writes it: "1.250s"
+
+
+def gemini_request(body: dict) -> tuple[str, list[bytes], dict | None, list[dict]]:
+    """The prompt text, the inline images, the schema and the videos (read as Gemini would) of a generateContent
+    body. A malformed video part raises ValueError (the server answers 400, as the API does)."""
+    texts, images, videos = [], [], []
     for content in body.get("contents", []):
         for part in content.get("parts", []):
             if "text" in part:
                 texts.append(part["text"])
+            elif part.get("inlineData", {}).get("mimeType", "").startswith("video/"):
+                videos.append(read_video(b64(part["inlineData"]["data"]), part.get("videoMetadata")))
             elif "inlineData" in part:
-                images.append(base64.b64decode(part["inlineData"]["data"]))
+                images.append(b64(part["inlineData"]["data"]))
     config = body.get("generationConfig") or {}
-    return "\n".join(texts), images, config.get("responseJsonSchema") or config.get("responseSchema")
+    return "\n".join(texts), images, config.get("responseJsonSchema") or config.get("responseSchema"), videos
+
+
+def b64(text: str) -> bytes:
+    """Protobuf JSON bytes: standard or URL-safe base64 (google-genai writes URL-safe), as the API reads them."""
+    return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+
+
+def read_video(data: bytes, metadata: dict | None) -> dict:
+    """Decode an inline video and sample it the way videoMetadata asks (fps frames a second between the offsets,
+    in the file's own time): the sampled frames' colours decide the answer, so a wrong span or offset shows."""
+    import io
+
+    import av
+
+    metadata = metadata or {}
+    for name in ("startOffset", "endOffset"):
+        if name in metadata and not OFFSET.match(str(metadata[name])):
+            raise ValueError(f"videoMetadata.{name} {metadata[name]!r} is not a duration like '1.5s'")
+    fps = float(metadata.get("fps", 1.0))
+    if not 0 < fps <= 24:
+        raise ValueError(f"videoMetadata.fps {fps} is outside (0, 24]")
+    with av.open(io.BytesIO(data)) as container:
+        frames = [(float(f.time), f.to_ndarray(format="bgr24")) for f in container.decode(video=0)]
+    if not frames:
+        raise ValueError("the video has no frames")
+    duration = frames[-1][0] + (frames[-1][0] - frames[-2][0] if len(frames) > 1 else 0.0)
+    start = float(str(metadata.get("startOffset", "0s"))[:-1])
+    end = float(str(metadata.get("endOffset", f"{duration}s"))[:-1])
+    if not 0 <= start < end <= duration + 1e-3:
+        raise ValueError(f"videoMetadata offsets {start}-{end} s outside the video's 0-{duration:.3f} s")
+    sampled = []
+    for k in range(max(1, math.ceil((end - start) * fps - 1e-6))):  # every 1/fps s from start, before end
+        t = start + k / fps
+        sampled.append(min(frames, key=lambda f: abs(f[0] - t)))
+    return {"frames": len(frames), "duration": round(duration, 3), "start": start, "end": end, "fps": fps,
+            "colors": [color_of(image) for _, image in sampled]}
+
+
+USER_DATA = frozenset({"responseJsonSchema", "responseSchema", "parametersJsonSchema"})  # user JSON: names kept
+
+
+def camel(value, key: str = ""):
+    """A generateContent body with every field name in lowerCamelCase. The API parses protobuf JSON, which takes a
+    field's proto name (snake_case, as google-genai writes nested fields) or its JSON name alike; a user schema's
+    property names are data, not fields, and stay."""
+    if isinstance(value, dict) and key not in USER_DATA:
+        out = {}
+        for k, v in value.items():
+            name = re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), k)
+            out[name] = camel(v, name)
+        return out
+    if isinstance(value, list):
+        return [camel(v, key) for v in value]
+    return value
+
+
+def shape(value):
+    """A JSON value's structure: keys kept, strings and numbers reduced to their type (to compare wire formats)."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return type(value).__name__
 
 
 def text_of(messages: list[dict]) -> str:
@@ -223,23 +299,29 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(404, {"error": {"message": "not found"}})
         if not self._authorized():
             return
+        videos: list[dict] = []
         if gemini:
-            model = gemini.group(1)
-            text, images, schema = gemini_request(body)
+            model, raw_shape = gemini.group(1), shape(body)
+            body = camel(body)
+            try:
+                text, images, schema, videos = gemini_request(body)
+            except (ValueError, KeyError) as exc:
+                return self._send(400, {"error": {"code": 400, "message": str(exc), "status": "INVALID_ARGUMENT"}})
             seed = (body.get("generationConfig") or {}).get("seed")
         else:
             model, messages = body.get("model", ""), body.get("messages", [])
             text, images = text_of(messages), images_of(messages)
             schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
             seed = body.get("seed")
-        colors = [color_name(img) for img in images]
+        colors = [color_name(img) for img in images] + [c for video in videos for c in video["colors"]]
         rule = state.match(model, text, colors) or {}
         fault = str(rule.get("fault", ""))
         with state.lock:
             state.log.append({"t": time.monotonic(), "model": model, "text": text, "colors": colors, "seed": seed,
                               "fault": fault,
                               "has_schema": schema is not None, "keys": sorted(body), "body_config":
-                              body.get("generationConfig") if gemini else None})
+                              body.get("generationConfig") if gemini else None, "videos": videos,
+                              "shape": raw_shape if gemini else None, "path": self.path})
         time.sleep(state.latency + float(rule.get("delay", 0)))
         if fault in ("429", "500", "503", "400", "403"):
             headers = {"Retry-After": rule["retry_after"]} if "retry_after" in rule else {}

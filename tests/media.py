@@ -421,10 +421,11 @@ def make_long_video(
     return path
 
 
-def write_frames(path, frames, *, fps: int = 30, crf: int | None = None) -> Path:
-    """H.264 mp4 of the given RGB frames (an array or any iterable of equal-sized HxWx3 uint8 images)."""
+def write_frames(path, frames, *, fps: int = 30, crf: int | None = None, gop: int | None = None) -> Path:
+    """H.264 mp4 of the given RGB frames (an array or any iterable of equal-sized HxWx3 uint8 images); with `gop`
+    a keyframe exactly every `gop` frames and none at scene cuts."""
     path = _prepare(path)
-    options = {"preset": "veryfast", "x264-params": "mbtree=0", **({"crf": str(crf)} if crf is not None else {})}
+    options = {**_codec_options("libx264", gop), **({"crf": str(crf)} if crf is not None else {})}
     with av.open(str(path), "w", options=_BITEXACT) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps), options=options)
         stream.pix_fmt = "yuv420p"

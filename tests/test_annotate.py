@@ -134,6 +134,8 @@ def test_duplicates_and_near_duplicates_by_token_overlap():
 def test_parameters_that_do_not_apply_are_refused():
     with pytest.raises(ValueError, match="ground_on_pose"):
         AnnotateStage.Params(ground_on_pose=True)
+    with pytest.raises(ValueError, match="send: clip belongs to caption and mome"):
+        AnnotateStage.Params(send="clip")
     assert AnnotateStage(AnnotateStage.Params(style="hmi")).frame_request() is None  # QA reads no frames
     assert AnnotateStage(AnnotateStage.Params(style="actionart")).frame_request() is not None
 

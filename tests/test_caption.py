@@ -24,7 +24,7 @@ FAST = {"backoff_s": 0.01, "backoff_max_s": 0.05}
 def server():
     with VlmServer(api_key=KEY, models=("Qwen/Qwen2.5-VL-7B-Instruct", "OpenGVLab/InternVL3-8B",
                                         "llava-hf/llava-onevision-qwen2-7b-ov-hf",
-                                        "meta-llama/Llama-3.1-8B-Instruct", "gemini-2.5-pro")) as s:
+                                        "meta-llama/Llama-3.1-8B-Instruct", "gemini-2.5-pro", "gemini-2.5-flash")) as s:
         yield s
 
 
@@ -359,11 +359,14 @@ def test_vllm_backend_builds_engine_requests_and_says_it_needs_vllm_and_a_gpu():
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
-        with pytest.raises(UserError, match="backend vllm runs .* in-process on a GPU worker and needs the vllm"):
+        with pytest.raises(UserError, match="backend vllm runs .* in-process on a GPU worker and needs the vllm") \
+                as missing:
             stage.preflight()
+        assert "\n" not in str(missing.value)
     recipe = build_recipe({"stages": {"probe": {}, "scenes": {}, "caption": params}})
-    with pytest.raises(UserError, match="stages caption need a GPU and this Ray cluster has none"):
+    with pytest.raises(UserError, match="stages caption need a GPU and this Ray cluster has none") as no_gpu:
         plan_resources(recipe.stages, [{"CPU": 2.0}])
+    assert "\n" not in str(no_gpu.value)
     assert plan_resources(recipe.stages, [{"CPU": 16.0, "GPU": 1.0}])["caption"].gpus == 1.0
     assert plan_resources(build_recipe({"stages": {"probe": {}, "scenes": {}, "caption": {}}}).stages,
                           [{"CPU": 16.0, "GPU": 1.0}])["caption"].gpus == 0  # an HTTP client never takes a GPU

@@ -67,6 +67,8 @@ class AnnotateParams(VlmParams):
         if self.ground_on_pose or self.max_person_count_diff is not None:
             raise ValueError("annotate reads the caption, not the pose facts: ground_on_pose and "
                              "max_person_count_diff belong to caption")
+        if self.send != "frames":
+            raise ValueError("annotate sends keyframes or no frames: send: clip belongs to caption and mome")
         return self
 
 

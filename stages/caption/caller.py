@@ -50,12 +50,19 @@ class Caller:
     ledger: CallLedger
     limit: asyncio.Semaphore
     clients: dict[str, ChatClient] = field(default_factory=dict)
-    # call-record reads and writes (files or S3 requests) get their own threads: in the loop's default pool
-    # (cores + 4 threads) they queued behind each other and held requests back from the endpoint
+    # blocking work (call records on S3, copying a clip's span) gets its own threads: in the loop's default pool
+    # (cores + 4 threads) S3 requests queued behind each other and held requests back from the endpoint
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, "call-records"))
 
     async def io(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def records(self, fn, *args):
+        """A call-record read or write: inline for a local OUT (a small file costs less than the hop to a thread
+        and back), in the pool for S3 (a request each)."""
+        if self.ledger.local:
+            return fn(*args)
+        return await self.io(fn, *args)
 
     async def call(self, client: ChatClient, clip_id: str, expert: str, request: Request, frames_hash: str,
                    parse: Callable[[str], Any], extra_record: dict[str, Any] | None = None) -> CallResult:
@@ -65,7 +72,7 @@ class Caller:
         prompt_hash = text_hash(request.text, request.schema, p.backend, p.model, p.frames_as, p.temperature, p.top_p,
                                 p.max_tokens, p.extra_body, p.thinking_budget if p.backend == "gemini" else None)
         key = call_key(clip_id, f"{expert}:{p.model}", prompt_hash, frames_hash)
-        found = await self.io(self.ledger.get, clip_id, key)
+        found = await self.records(self.ledger.get, clip_id, key)
         if found is not None:
             result = CallResult(**{k: found.get(k) for k in CallResult.__dataclass_fields__
                                    if k not in ("parsed", "cached")}, cached=True)
@@ -115,7 +122,7 @@ class Caller:
         if result.outcome == TRUNCATED and result.parsed is None:
             result.outcome = ERROR  # nothing usable came back: a redo may ask again
         record = {**result.record(), "clip_id": clip_id, **(extra_record or {})}
-        await self.io(self.ledger.put, clip_id, key, record)
+        await self.records(self.ledger.put, clip_id, key, record)
         return result
 
 

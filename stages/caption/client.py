@@ -23,9 +23,9 @@ from pydantic import Field
 from pipeline.errors import UserError
 from pipeline.redact import redact
 from pipeline.stage import StageParams
+from stages.caption.http import HttpClient, HttpTimeout, HttpTransportError, Response
 
 MAX_RETRY_AFTER_S = 600.0  # a server's Retry-After is honoured up to this (a misconfigured one may say a day)
-POOL_SIZE = 16  # connections per HTTP pool (see ChatClient._pools)
 RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 
 
@@ -93,9 +93,11 @@ class Request:
     frame_times: list[float] = field(default_factory=list)
     schema_name: str = "answer"
     schema: dict[str, Any] | None = None
+    video: bytes | None = None  # send: clip (gemini): the clip's stream-copied span, an MP4
+    video_metadata: dict[str, Any] | None = None  # Gemini's videoMetadata for it (startOffset, endOffset, fps)
 
 
-def retry_after_s(headers: httpx2.Headers) -> float | None:
+def retry_after_s(headers) -> float | None:
     """Retry-After as seconds (delta-seconds or an HTTP date)."""
     value = headers.get("retry-after")
     if not value:
@@ -125,39 +127,24 @@ class ChatClient:
         if params.api_key_env and not self.api_key:
             raise UserError(f"{role}: environment variable {params.api_key_env} (the key for {self.url}) is not set")
         self.concurrency = concurrency
-        self._http: list[httpx2.AsyncClient] | None = None
-        self._busy: list[int] = []
-        self._sizes: list[int] = []
+        self._http: HttpClient | None = None
 
-    def _pools(self) -> list[httpx2.AsyncClient]:
-        """Made on first use, inside the worker's event loop (preflight on the driver never needs them). Several
-        small pools rather than one: httpcore scans every pooled connection (a syscall each) for every request,
-        which at 256 connections cost more CPU than the rest of a call."""
-        if self._http is None:
-            sizes = [POOL_SIZE] * (self.concurrency // POOL_SIZE) + ([self.concurrency % POOL_SIZE]
-                                                                     if self.concurrency % POOL_SIZE else [])
-            ssl = httpx2.create_ssl_context()  # one CA bundle load, not one per pool
-            self._http = [httpx2.AsyncClient(timeout=self.params.timeout_s, headers=self._headers(), trust_env=False,
-                                             verify=ssl, limits=httpx2.Limits(max_connections=n,
-                                                                              max_keepalive_connections=n))
-                          for n in sizes]
-            self._busy, self._sizes = [0] * len(self._http), sizes
-        return self._http
-
-    async def _post(self, url: str, payload: dict[str, Any]) -> httpx2.Response:
-        pools = self._pools()
-        i = min(range(len(pools)), key=lambda k: self._busy[k] / self._sizes[k])  # the least loaded pool
-        self._busy[i] += 1
-        try:
-            return await pools[i].post(url, json=payload)
-        finally:
-            self._busy[i] -= 1
+    async def _post(self, url: str, payload: dict[str, Any]) -> Response:
+        if self._http is None:  # made on first use, inside the worker's event loop (preflight never needs it)
+            self._http = HttpClient(self.params.timeout_s, self._headers())
+        return await self._http.post_json(url, payload)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def body(self, request: Request, seed: int) -> dict[str, Any]:
         raise NotImplementedError
+
+    def frames_only(self, request: Request) -> None:
+        """For the backends that take no video file: a span sent to them is an error, never silently dropped."""
+        if request.video is not None:
+            raise CallError(f"{self.role}: backend {self.params.backend} takes frames only (send: clip needs "
+                            "backend gemini)")
 
     def endpoint(self, body: dict[str, Any]) -> str:
         raise NotImplementedError
@@ -191,7 +178,7 @@ class ChatClient:
             wait_at_least = 0.0
             try:
                 response = await self._post(url, payload)
-            except (httpx2.TimeoutException, httpx2.TransportError) as exc:
+            except (HttpTimeout, HttpTransportError) as exc:
                 problem = CallError(f"{self.role}: {type(exc).__name__} talking to {self.url}", retryable=True)
             else:
                 if response.status_code == 200:
@@ -215,8 +202,8 @@ class ChatClient:
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
-        for pool in self._http or []:
-            await pool.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
 
 class OpenAIClient(ChatClient):
@@ -227,6 +214,7 @@ class OpenAIClient(ChatClient):
 
     # -- request building ------------------------------------------------------------------------------------------
     def body(self, request: Request, seed: int) -> dict[str, Any]:
+        self.frames_only(request)
         p = self.params
         content: list[dict[str, Any]] = []
         if request.images and p.frames_as == "video":

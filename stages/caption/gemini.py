@@ -1,10 +1,13 @@
 """The Gemini API (generateContent) over its own REST, e.g. base_url https://generativelanguage.googleapis.com/v1beta.
 
-The wire format is the one google-genai writes (checked on a local stub in ../shared/research): frames as inline
-JPEG parts, `responseJsonSchema` for structured output, an explicit thinking budget with headroom added to
-`maxOutputTokens` (thinking tokens count against it; without headroom the answer comes back empty or cut).
-Spoken with the same client and retry policy as the OpenAI-compatible backend rather than the SDK, whose own
-retries would hide Retry-After from ours.
+The wire format is the one google-genai writes, pinned by tests/test_gemini.py, which sends one request through the
+real SDK and through this client and compares the bodies: frames as inline JPEG parts, or (send: clip) the clip's
+stream-copied span as one inline video/mp4 part with `videoMetadata` offsets and fps; `responseJsonSchema` for
+structured output; an explicit thinking budget with headroom added to `maxOutputTokens` (thinking tokens count
+against it; without headroom the answer comes back empty or cut). Field names are the JSON names (the SDK writes
+nested ones in snake_case; the API's protobuf JSON parser takes both).
+Chosen over the SDK (a `gemini_sdk` backend was not built): one client and retry policy for every backend, and the
+SDK's own retries would hide Retry-After from ours.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class GeminiClient(ChatClient):
         p = self.params
         parts: list[dict[str, Any]] = [{"inlineData": {"mimeType": "image/jpeg", "data": b64}}
                                        for b64 in (base64.b64encode(img).decode() for img in request.images)]
+        if request.video is not None:  # send: clip: the copied span, cut to the clip by its offsets
+            parts.append({"inlineData": {"mimeType": "video/mp4", "data": base64.b64encode(request.video).decode()},
+                          "videoMetadata": request.video_metadata or {}})
         parts.append({"text": request.text})
         config: dict[str, Any] = {"temperature": p.temperature, "topP": p.top_p, "seed": seed,
                                   "maxOutputTokens": p.max_tokens + (p.thinking_budget or 0)}

@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline.clip import Clip
 from stages.caption.caller import ERROR, CallResult
 from stages.caption.client import EndpointParams
-from stages.caption.stage import CaptionFailed, VlmParams, VlmStage, encode_frames, parse_with
+from stages.caption.stage import CaptionFailed, VlmParams, VlmStage, clip_span, encode_frames, parse_with
 from stages.caption.styles import _Strict
 
 
@@ -78,6 +78,9 @@ class MomeStage(VlmStage):
         expert_b = EndpointParams(**{k: getattr(self.params, k) for k in EndpointParams.model_fields})
         return {"mome.expert_b": expert_b, "mome.third": self.params.third, "mome.judge": self.params.judge}
 
+    def input_roles(self) -> list[str]:
+        return ["mome.expert_b", "mome.third"] + (["mome.judge"] if self.params.judge_sees_frames else [])
+
     async def process_clip_async(self, clip: Clip) -> None:
         style = self.style()
         if clip.columns.get("caption_style") != style.name:
@@ -85,12 +88,18 @@ class MomeStage(VlmStage):
                                 f"{clip.columns.get('caption_style')!r}")
         parse = parse_with(style)
         caption_a = style.parse(clip.columns["caption_json"])
-        # every expert and the judge see exactly the frames expert A saw
-        frames = encode_frames(clip, list(clip.columns["caption_frame_indices"]), self.params.max_side,
-                               self.params.jpeg_quality)
+        # every expert and the judge see exactly the frames (or the span) expert A saw
+        sent = clip.columns.get("caption_send") or "frames"
+        if sent != self.params.send:
+            raise CaptionFailed(f"mome.send {self.params.send!r} differs from the caption stage's {sent!r}")
+        if sent == "clip":
+            frames = await clip_span(clip, self.params, self.caller.io)
+        else:
+            frames = encode_frames(clip, list(clip.columns["caption_frame_indices"]), self.params.max_side,
+                                   self.params.jpeg_quality)
         if frames.digest != clip.columns.get("caption_frames_hash"):
-            raise CaptionFailed("mome's frames differ from the caption stage's: give mome the same max_side and "
-                                "jpeg_quality as caption")
+            raise CaptionFailed(f"mome's {sent} differ from the caption stage's: give mome the same "
+                                + ("fps as caption" if sent == "clip" else "max_side and jpeg_quality as caption"))
         calls: list[CallResult] = []
 
         async def ask(role, expert, text, schema, with_frames=True, parser=parse):

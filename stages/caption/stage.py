@@ -21,7 +21,8 @@ from pipeline.stage import FrameRequest, Resources, Stage
 from stages.caption.caller import BLOCKED, ERROR, Caller, CallResult
 from stages.caption.client import EndpointParams, Request, make_client
 from stages.caption.sources import read_source_captions
-from stages.caption.styles import STYLES, Style
+from stages.caption.span import Span, SpanError, copy_span
+from stages.caption.styles import STYLES, Style, cached_prompt
 
 
 class CaptionFailed(Exception):
@@ -44,6 +45,11 @@ class VlmParams(EndpointParams):
     workers: int | None = Field(None, ge=1)  # actors at most; the cluster-wide bound is workers x concurrency
     batch_size: int = Field(8, ge=1)  # rows (videos) a worker takes at once; their clips are captioned together
     gpu_share: float = Field(1.0, gt=0, le=1)  # Ray num_gpus of one worker when a role runs on backend vllm
+    # what the model sees: the kept frames as JPEGs, or (backend gemini) the clip's own span of the source video,
+    # stream-copied, with videoMetadata offsets and `fps` as Gemini's sampling rate (at most 24)
+    send: Literal["frames", "clip"] = "frames"
+    # Gemini's inline request limit; a longer copied span becomes an error row that says so (no Files API upload)
+    max_inline_mb: float = Field(20.0, gt=0)
 
 
 class CaptionParams(VlmParams):
@@ -55,12 +61,32 @@ class CaptionParams(VlmParams):
 
 @dataclass
 class Frames:
-    """The frames a clip's calls send: indices into the clip's kept frames, their times, JPEG bytes, one hash."""
+    """What a clip's calls send: indices into the clip's kept frames, their times, JPEG bytes, one hash; or, with
+    send: clip, no frames but the clip's copied span (the hash is then the span's)."""
 
     indices: list[int]
     times: list[float]
     jpegs: list[bytes]
     digest: str
+    video: Span | None = None
+
+    def record(self) -> dict:
+        """What the call records keep of the input (never the bytes)."""
+        if self.video is not None:
+            return {"video": self.video.record()}
+        return {"frame_indices": self.indices, "frame_times": self.times}
+
+
+async def clip_span(clip: Clip, params: VlmParams, io) -> Frames:
+    """The clip's span stream-copied out of its source (in `io`'s threads: it reads the video) as the input."""
+    try:
+        span = await io(copy_span, clip.video_uri, clip.start_s, clip.end_s, params.fps)
+    except SpanError as exc:
+        raise CaptionFailed(str(exc)) from None
+    if len(span.data) > params.max_inline_mb * 2**20:
+        raise CaptionFailed(f"the clip's copied span is {len(span.data) / 2**20:.1f} MB, over the inline limit "
+                            f"max_inline_mb={params.max_inline_mb:g}: shorter clips, or send: frames")
+    return Frames([], [], [], span.digest, span)
 
 
 def encode_frames(clip: Clip, indices: list[int], max_side: int, quality: int) -> Frames:
@@ -154,8 +180,19 @@ class VlmStage(Stage):
         return any(ep.backend == "vllm" for ep in self.endpoints().values())
 
     def preflight(self) -> None:
+        if self.params.send == "clip":
+            for role in self.input_roles():
+                if self.endpoints()[role].backend != "gemini":
+                    raise UserError(f"{role}: send: clip needs backend gemini (the others take frames only); "
+                                    f"it has backend {self.endpoints()[role].backend}")
+            if self.params.fps > 24:
+                raise UserError(f"{self.name}.fps {self.params.fps:g}: Gemini samples a video at 24 fps at most")
         for role, endpoint in self.endpoints().items():
             make_client(endpoint, 1, role).check()
+
+    def input_roles(self) -> list[str]:
+        """The roles that are sent the clip's frames or span (all, unless a subclass says otherwise)."""
+        return list(self.endpoints())
 
     def setup(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -208,11 +245,12 @@ class VlmStage(Stage):
 
     async def ask(self, clip: Clip, role: str, expert: str, text: str, frames: Frames | None,
                   parse, schema: type[BaseModel], schema_name: str) -> CallResult:
+        video = frames.video if frames else None
         request = Request(text=text, images=frames.jpegs if frames else [], frame_times=frames.times if frames else [],
-                          schema_name=schema_name, schema=json_schema(schema))
-        extra = {"frame_indices": frames.indices, "frame_times": frames.times} if frames else {}
+                          schema_name=schema_name, schema=json_schema(schema),
+                          video=video.data if video else None, video_metadata=video.metadata() if video else None)
         return await self.caller.call(self.caller.clients[role], clip.clip_id, expert, request,
-                                      frames.digest if frames else "none", parse, extra)
+                                      frames.digest if frames else "none", parse, frames.record() if frames else {})
 
     def check_people(self, clip: Clip, caption: BaseModel) -> None:
         claimed = self.style().people(caption)
@@ -231,9 +269,7 @@ def json_schema(model: type[BaseModel]) -> dict:
 
 
 def _template(name: str) -> str:
-    from pipeline.resources import prompt_text
-
-    return prompt_text("mome", name)
+    return cached_prompt("mome", name)
 
 
 def parse_with(style: Style):
@@ -257,6 +293,10 @@ class CaptionStage(VlmStage):
         "caption_frames_hash": pa.string(),
         "caption_frame_indices": pa.list_(pa.int32()),  # into the clip's kept frames (scenes_kept_frame_times)
         "caption_frame_times": pa.list_(pa.float64()),
+        "caption_send": pa.string(),  # frames | clip
+        # send: clip: the copied span (source time of its first frame), the offsets and fps sent, its size
+        "caption_video": pa.struct([("copy_start_s", pa.float64()), ("start_offset_s", pa.float64()),
+                                    ("end_offset_s", pa.float64()), ("fps", pa.float64()), ("bytes", pa.int64())]),
         "caption_prompt_tokens": pa.int64(),
         "caption_output_tokens": pa.int64(),
         "caption_thinking_tokens": pa.int64(),
@@ -305,11 +345,15 @@ class CaptionStage(VlmStage):
 
     async def process_clip_async(self, clip: Clip) -> None:
         style = self.style()
-        frames = encode_frames(clip, self.pick_indices(clip), self.params.max_side, self.params.jpeg_quality)
+        if self.params.send == "clip":
+            frames = await clip_span(clip, self.params, self.caller.io)
+        else:
+            frames = encode_frames(clip, self.pick_indices(clip), self.params.max_side, self.params.jpeg_quality)
         result = await self.ask(clip, self.name, self.name, self.prompt(clip), frames, parse_with(style),
                                 style.schema, style.name)
         self.set(clip, style=style.name, model=result.model, outcome=result.outcome, prompt_hash=result.prompt_hash,
                  frames_hash=frames.digest, frame_indices=frames.indices, frame_times=frames.times,
+                 send=self.params.send, video=frames.video.record() if frames.video else None,
                  prompt_tokens=result.prompt_tokens, output_tokens=result.output_tokens,
                  thinking_tokens=result.thinking_tokens, latency_s=result.latency_s, attempts=result.attempts,
                  cached=result.cached)

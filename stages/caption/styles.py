@@ -3,6 +3,7 @@ template in prompts/STYLE/caption.txt, and a deterministic renderer from the JSO
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -122,6 +123,12 @@ def _render_actionart(c: ActionartCaption) -> str:
     return " ".join(parts)
 
 
+@functools.lru_cache(maxsize=None)
+def cached_prompt(folder: str, name: str) -> str:
+    """A prompt template, read once per process (every call would otherwise read its file again)."""
+    return prompt_text(folder, name)
+
+
 @dataclass(frozen=True)
 class Style:
     name: str
@@ -129,7 +136,7 @@ class Style:
     render: Callable[[BaseModel], str]
 
     def prompt(self, name: str = "caption") -> str:
-        return prompt_text(self.name, name)
+        return cached_prompt(self.name, name)
 
     def json_schema(self) -> dict:
         return self.schema.model_json_schema()

@@ -37,6 +37,7 @@ class VllmClient(ChatClient):
 
     def body(self, request: Request, seed: int) -> dict[str, Any]:
         """`LLM.chat` arguments: the conversation and the SamplingParams keywords (vLLM keys from extra_body)."""
+        self.frames_only(request)
         p = self.params
         content: list[dict[str, Any]] = [
             {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(img).decode()}}

@@ -1,0 +1,155 @@
+"""A small HTTP/1.1 client over asyncio streams for the model endpoints' JSON POSTs (the hot path of every call).
+
+Why not httpx: at 64-256 requests in flight its per-request CPU (request/response models, the pool scanning every
+connection with a syscall per request) was most of a call's client CPU, several times this client's
+(bench/caption_client.py). What a model call needs is small: POST a JSON body, read one response with
+Content-Length, chunked or until close, keep the connection alive. http and https; no proxies (the clients never
+read proxy settings), no redirects, no compression (none is asked for). Preflight's single GET stays on httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+MAX_HEADER_LINES = 200
+
+
+class HttpTimeout(Exception):
+    """The request did not complete within the timeout (connect, send and the whole response)."""
+
+
+class HttpTransportError(Exception):
+    """The connection failed or the server broke the protocol."""
+
+
+@dataclass
+class Response:
+    status_code: int
+    headers: dict[str, str]  # names lower-cased
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class _Stale(Exception):
+    """A kept-alive connection the server had closed: nothing was answered, so the request goes on a new one."""
+
+
+class HttpClient:
+    """Keeps idle connections per origin; the caller bounds how many requests are in flight."""
+
+    def __init__(self, timeout_s: float, headers: dict[str, str]):
+        self.timeout_s = timeout_s
+        self.headers = "".join(f"{k}: {v}\r\n" for k, v in {"Accept": "application/json", **headers}.items())
+        self._idle: dict[tuple[str, str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._ssl: ssl.SSLContext | None = None
+
+    async def post_json(self, url: str, payload: Any) -> Response:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise HttpTransportError(f"not an http(s) URL: {parts.scheme}://{parts.hostname}")
+        origin = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host = parts.netloc.rsplit("@", 1)[-1]
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        head = (f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n{self.headers}\r\n").encode("latin-1")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    reused, (reader, writer) = await self._connection(origin)
+                    try:
+                        response, keep = await self._exchange(reader, writer, head + body, reused)
+                    except _Stale:
+                        _close(writer)
+                        continue
+                    except BaseException:  # a failed, timed-out or cancelled exchange leaves the connection unusable
+                        _close(writer)
+                        raise
+                    if keep:
+                        self._idle.setdefault(origin, []).append((reader, writer))
+                    else:
+                        _close(writer)
+                    return response
+        except TimeoutError:
+            raise HttpTimeout(f"no complete answer within {self.timeout_s:g} s") from None
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+            raise HttpTransportError(f"{type(exc).__name__}: {exc}") from None
+
+    async def _connection(self, origin):
+        idle = self._idle.get(origin)
+        while idle:
+            reader, writer = idle.pop()
+            if not reader.at_eof() and not writer.is_closing():
+                return True, (reader, writer)
+            _close(writer)
+        scheme, hostname, port = origin
+        if scheme == "https" and self._ssl is None:
+            import httpx2  # the CA bundle httpx (preflight) verifies with, so both trust the same servers
+
+            self._ssl = httpx2.create_ssl_context()
+        return False, await asyncio.open_connection(hostname, port, ssl=self._ssl if scheme == "https" else None)
+
+    async def _exchange(self, reader, writer, request: bytes, reused: bool) -> tuple[Response, bool]:
+        try:
+            writer.write(request)
+            await writer.drain()
+            status_line = await reader.readline()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            if reused:
+                raise _Stale() from None
+            raise
+        if not status_line:
+            if reused:
+                raise _Stale()
+            raise HttpTransportError("the server closed the connection without an answer")
+        version, status = status_line.split(None, 2)[:2]
+        headers: dict[str, str] = {}
+        for _ in range(MAX_HEADER_LINES):
+            line = await reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        else:
+            raise HttpTransportError("too many header lines")
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            chunks = []
+            while True:
+                size = int((await reader.readline()).split(b";", 1)[0].strip(), 16)
+                if size == 0:
+                    while (await reader.readline()) not in (b"\r\n", b"\n", b""):  # trailers
+                        pass
+                    break
+                chunks.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+            content, complete = b"".join(chunks), True
+        elif "content-length" in headers:
+            content, complete = await reader.readexactly(int(headers["content-length"])), True
+        else:
+            content, complete = await reader.read(), False  # until the server closes
+        keep = complete and version == b"HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        return Response(int(status), headers, content), keep
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for _, writer in idle:
+                _close(writer)
+        self._idle.clear()
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.close()
+    except RuntimeError:  # its loop is gone: a coroutine left pending when a batch ended, closed when collected
+        pass
