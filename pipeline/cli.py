@@ -42,18 +42,19 @@ def main() -> None:
 @click.option("--output", "-o", required=True, help="Output folder or s3://bucket/prefix (plan, manifests, commits).")
 @click.option("--shard-size", type=int, default=None, help=f"Videos per shard (default {DEFAULT_SHARD_SIZE}).")
 @click.option("--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE", help="Override a recipe parameter.")
+@click.option("--skip", multiple=True, metavar="STAGE", help="Leave a stage of the recipe out (e.g. mome).")
 @click.option("--models-dir", type=click.Path(), help="Folder with model files (also ACTCURATE_MODELS).")
 @click.option("--address", help="Ray cluster address; default: an embedded local Ray.")
 @click.option("--redo-errors", is_flag=True, help="Reprocess the videos whose rows have status=error.")
 @click.option("--allow-recipe-change", is_flag=True, help="Continue an output that was started with another recipe.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal only).")
-def run(recipe, input_spec, output, shard_size, overrides, models_dir, address, redo_errors, allow_recipe_change,
+def run(recipe, input_spec, output, shard_size, overrides, skip, models_dir, address, redo_errors, allow_recipe_change,
         progress) -> None:
     """Run a recipe over the input; resumes where a previous run on OUTPUT stopped."""
     from pipeline.recipe import load_recipe
     from pipeline.run import RunOptions, run as run_pipeline
 
-    loaded = load_recipe(recipe, overrides)
+    loaded = load_recipe(recipe, overrides, skip)
     result = run_pipeline(RunOptions(
         recipe=loaded, output=output, input=input_spec, shard_size=shard_size, address=address,
         redo_errors=redo_errors, allow_recipe_change=allow_recipe_change, progress=progress, models_dir=models_dir,

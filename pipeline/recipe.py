@@ -80,16 +80,20 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return stage, param, value
 
 
-def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = (),
+                skip: list[str] | tuple[str, ...] = ()) -> Recipe:
     path = resolve_recipe_path(name_or_path)
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"recipe {path} is not valid YAML: {exc}") from None
-    return build_recipe(doc, source=str(path), overrides=overrides)
+    return build_recipe(doc, source=str(path), overrides=overrides, skip=skip)
 
 
-def build_recipe(doc: dict, source: str = "<dict>", overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+def build_recipe(doc: dict, source: str = "<dict>", overrides: list[str] | tuple[str, ...] = (),
+                 skip: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """The recipe's stages with `overrides` applied and the `skip` stages left out (e.g. a model-calling stage whose
+    endpoint a user does not run); a stage that needs a skipped one is refused by check_requirements."""
     if not isinstance(doc, dict):
         raise UserError(f"recipe {source}: expected a mapping at the top level")
     unknown = set(doc) - TOP_LEVEL_KEYS
@@ -100,6 +104,12 @@ def build_recipe(doc: dict, source: str = "<dict>", overrides: list[str] | tuple
         raise UserError(f"recipe {source}: 'stages' must be a non-empty mapping of stage name to parameters")
 
     params_by_stage: dict[str, dict] = {name: dict(p or {}) for name, p in raw_stages.items()}
+    for name in skip:
+        if name not in params_by_stage:
+            raise UserError(f"--skip {name}: stage {name!r} is not in recipe {source} (stages: {', '.join(params_by_stage)})")
+        del params_by_stage[name]
+    if not params_by_stage:
+        raise UserError(f"recipe {source}: --skip left no stage to run")
     for text in overrides:
         stage, param, value = parse_override(text)
         if stage not in params_by_stage:

@@ -46,6 +46,19 @@ def test_bad_override_and_missing_recipe():
         load_recipe("no-such-recipe")
 
 
+def test_dataset_recipes_caption_cross_verify_and_annotate_and_skip_leaves_a_stage_out():
+    for name in ("haic", "hmi", "hoigen"):
+        stages = load_recipe(name).stage_names()
+        assert stages[-3:] == ["caption", "mome", "annotate"], name
+        skipped = load_recipe(name, skip=["mome"])
+        assert skipped.stage_names() == [s for s in stages if s != "mome"]
+        assert skipped.hash != load_recipe(name).hash  # a run started with mome does not silently resume without it
+    with pytest.raises(UserError, match=r"'mome' needs 'caption' before it"):  # what is left must still fit
+        load_recipe("haic", skip=["caption"])
+    with pytest.raises(UserError, match=r"--skip nope: stage 'nope' is not in recipe"):
+        load_recipe("haic", skip=["nope"])
+
+
 def test_scenes_keeps_union_of_later_requests_only_when_asked():
     recipe = build_recipe({"stages": {"probe": {}, "scenes": {}}})
     scenes = recipe.stages[1].build()
