@@ -65,26 +65,29 @@ class HttpClient:
         head = (f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n{self.headers}\r\n").encode("latin-1")
         try:
-            async with asyncio.timeout(self.timeout_s):
-                while True:
-                    reused, (reader, writer) = await self._connection(origin)
-                    try:
-                        response, keep = await self._exchange(reader, writer, head + body, reused)
-                    except _Stale:
-                        _close(writer)
-                        continue
-                    except BaseException:  # a failed, timed-out or cancelled exchange leaves the connection unusable
-                        _close(writer)
-                        raise
-                    if keep:
-                        self._idle.setdefault(origin, []).append((reader, writer))
-                    else:
-                        _close(writer)
-                    return response
-        except TimeoutError:
+            # wait_for, not asyncio.timeout: the package supports Python 3.10
+            return await asyncio.wait_for(self._send(origin, head + body), self.timeout_s)
+        except (TimeoutError, asyncio.TimeoutError):
             raise HttpTimeout(f"no complete answer within {self.timeout_s:g} s") from None
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
             raise HttpTransportError(f"{type(exc).__name__}: {exc}") from None
+
+    async def _send(self, origin, request: bytes) -> Response:
+        while True:
+            reused, (reader, writer) = await self._connection(origin)
+            try:
+                response, keep = await self._exchange(reader, writer, request, reused)
+            except _Stale:
+                _close(writer)
+                continue
+            except BaseException:  # a failed, timed-out or cancelled exchange leaves the connection unusable
+                _close(writer)
+                raise
+            if keep:
+                self._idle.setdefault(origin, []).append((reader, writer))
+            else:
+                _close(writer)
+            return response
 
     async def _connection(self, origin):
         idle = self._idle.get(origin)
