@@ -15,7 +15,7 @@ from importlib import metadata
 from manifests.io import read_manifest
 from manifests.schema import manifest_schema
 from pipeline.collector import ShardCollector
-from pipeline.commits import committed_shards
+from pipeline.commits import load_commits, write_commit_index
 from pipeline.errors import UserError
 from pipeline.executor import (DEFAULT_CHUNK_BYTES, build_dataset, decode_clips, describe_pending, ensure_ray,
                                 namespace, run_in_process)
@@ -152,7 +152,7 @@ def run(opts: RunOptions) -> RunResult:
     if not created:
         check_writable(store)
     _record_run(store, opts)
-    committed = committed_shards(store)
+    committed, unindexed = load_commits(store)
     shards = plan.videos_by_shard()
     expected = {s: videos for s, videos in shards.items() if s not in committed}
     kept: dict[str, list[dict]] = {}
@@ -163,6 +163,8 @@ def run(opts: RunOptions) -> RunResult:
     todo = [v for s in sorted(expected) for v in expected[s]]
     profile["plan_s"] = time.monotonic() - started - profile["preflight_s"]
     if not todo:
+        if unindexed:  # the next status or resume reads one summary instead of these records
+            _write_index_quietly(store, committed)
         result.seconds = time.monotonic() - started
         return result
 
@@ -194,7 +196,13 @@ def run(opts: RunOptions) -> RunResult:
     mark = time.monotonic()
     with RunProgress(recipe.stage_names(), len(todo), actor=actor, interactive=opts.progress,
                      video_level_stages=video_level, explain_stall=None if local else describe_pending) as progress:
-        collector.on_commit = lambda shard_id, record: progress.videos_committed(len(expected[shard_id]))
+        records = dict(committed)
+
+        def on_commit(shard_id: str, record: dict) -> None:
+            records[shard_id] = record
+            progress.videos_committed(len(expected[shard_id]))
+
+        collector.on_commit = on_commit
         if local:
             _stream_rows(first, collector)
         else:
@@ -207,7 +215,10 @@ def run(opts: RunOptions) -> RunResult:
         for shard_id, error in sorted(collector.commit_errors.items()):
             progress.note(f"{shard_id} could not be committed and stays pending: {error}")
     profile["stream_s"] = time.monotonic() - mark
-    profile["commit_s"] = collector.commit_seconds
+    mark = time.monotonic()
+    pending = set(collector.pending)  # a failed commit may have replaced the manifest its old record describes
+    _write_index_quietly(store, {s: r for s, r in records.items() if s not in pending})
+    profile["commit_s"] = collector.commit_seconds + time.monotonic() - mark
     if local:
         profile["stage_setup"] = actor.stage_setups()
     else:
@@ -283,6 +294,15 @@ def _stage_nodes(actor) -> dict[str, list[str]]:
         return ray.get(actor.stage_nodes.remote(), timeout=10)
     except Exception:  # a report, not a result: never fail a finished run over it
         return {}
+
+
+def _write_index_quietly(store: Store, records: dict[str, dict]) -> None:
+    """The commit index is a cache for status and resume: a run never fails over it (they fall back to the
+    records)."""
+    try:
+        write_commit_index(store, records)
+    except OSError:
+        pass
 
 
 def _stage_setups(actor) -> dict[str, list[float]]:
