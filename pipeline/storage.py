@@ -140,6 +140,16 @@ class Store:
             self.fs.delete_file(self._path(rel))
 
 
+def read_parquet_bytes(data: bytes):
+    """A Parquet table from bytes in memory, read through Arrow's own buffer, not a Python file object: a read_table
+    over io.BytesIO leaves Arrow's I/O threads a close that needs the GIL, and a process that exits meanwhile aborts
+    at times ("terminate called without an active exception", exit 134 after its output; apache/arrow#33975)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.read_table(pa.BufferReader(data))
+
+
 def check_writable(store: Store) -> None:
     """Fail early, before any video is touched, when OUT cannot be written (bad bucket, read-only folder)."""
     probe = f".write-check-{uuid.uuid4().hex[:8]}"
