@@ -12,36 +12,16 @@ import pyarrow as pa
 import pytest
 
 from faultproxy import FaultProxy
+from fixtures_run import finished_run
 from manifests.audit import status
 from manifests.io import manifest_path, table_to_bytes
-from manifests.schema import clips_to_table, manifest_schema
-from pipeline.clip import Clip
-from pipeline.commits import COMMIT_INDEX, commit_shard, load_commits
-from pipeline.plan import make_plan, write_plan
+from pipeline.commits import COMMIT_INDEX, load_commits
 from pipeline.recipe import load_recipe
-from pipeline.run import RunOptions, _record_run, run
-from pipeline.storage import Store, _s3_filesystem
+from pipeline.run import RunOptions, run
+from pipeline.storage import _s3_filesystem
 from s3server import MotoServer
 
 SHARDS = 30
-
-
-def finished_run(output: str, listing_dir, shards: int = SHARDS) -> Store:
-    """A finished run of one-video shards, committed through the engine's commit path (no index yet)."""
-    listing = listing_dir / "videos.txt"
-    listing.write_text("".join(f"/data/v{i:04d}.mp4\n" for i in range(shards)))
-    store = Store(output)
-    plan = make_plan(str(listing), 1)
-    write_plan(store, plan)
-    recipe = load_recipe("quickstart")
-    _record_run(store, RunOptions(recipe=recipe, output=output))
-    schema = manifest_schema(recipe.stage_names(), {c: t for s in recipe.stages for c, t in s.cls.columns.items()},
-                             recipe.split_stage)
-    for video in plan.videos:
-        clip = Clip(video_id=video.video_id, video_uri=video.uri, shard_id=video.shard_id)
-        clip.fail("probe", RuntimeError("no such file"))
-        commit_shard(store, video.shard_id, clips_to_table([clip], schema), recipe.hash)
-    return store
 
 
 def resume(output: str):
@@ -49,7 +29,7 @@ def resume(output: str):
 
 
 def test_a_resume_writes_the_index_and_changed_objects_are_checked_again(tmp_path):
-    store = finished_run(str(tmp_path / "out"), tmp_path)
+    store = finished_run(str(tmp_path / "out"), tmp_path, SHARDS)
     before = status(store.root)
     assert load_commits(store)[1] == SHARDS  # no index: every record read and checked
     assert resume(store.root).videos_processed == 0  # nothing to do, no stage work; it writes the index
@@ -86,7 +66,7 @@ def test_status_over_s3_reads_a_bounded_number_of_objects(tmp_path, monkeypatch)
             monkeypatch.setenv(key, value)
         _s3_filesystem.cache_clear()
         output = "s3://curated/finished"
-        finished_run(output, tmp_path)
+        finished_run(output, tmp_path, SHARDS)
 
         def status_requests() -> tuple[dict, list]:
             proxy.log.clear()
