@@ -116,6 +116,7 @@ def tree_cpu(command: list[str], env: dict | None = None) -> dict:
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     seen: dict[int, float] = {}
+    names: dict[int, str] = {}  # what each process was last seen as (Ray names workers by their task or actor)
     stop = threading.Event()
 
     def sample() -> None:
@@ -125,6 +126,7 @@ def tree_cpu(command: list[str], env: dict | None = None) -> dict:
                 try:
                     times = proc.cpu_times()
                     seen[proc.pid] = max(seen.get(proc.pid, 0.0), times.user + times.system)
+                    names[proc.pid] = " ".join(proc.cmdline()[:1])[:48] or proc.name()
                 except psutil.Error:
                     pass
 
@@ -150,8 +152,12 @@ def tree_cpu(command: list[str], env: dict | None = None) -> dict:
     profile = next((json.loads(line.removeprefix("profile ")) for line in done.stderr.splitlines()
                     if line.startswith("profile ")), None)
     last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    by_process: dict[str, float] = {}
+    for pid, cpu in seen.items():
+        by_process[names.get(pid, "?")] = by_process.get(names.get(pid, "?"), 0.0) + cpu
     return {"wall_s": round(wall, 2), "cpu_s": round(max(reaped, sum(seen.values())), 2),
             "cpu_reaped_s": round(reaped, 2), "cpu_sampled_s": round(sum(seen.values()), 2),
+            "cpu_by_process": {k: round(v, 2) for k, v in sorted(by_process.items(), key=lambda kv: -kv[1])},
             "profile": profile, "child": json.loads(last) if last.startswith("{") else None}
 
 

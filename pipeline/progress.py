@@ -40,11 +40,12 @@ class StageCounts:
         s[1] += seconds
         s[2] += ready_cpu_s
 
+    # list(items()) copies in one step under the GIL: in process, the progress thread reads while stages add
     def snapshot(self) -> dict[str, list[int]]:
-        return {stage: list(c) for stage, c in self.counts.items()}
+        return {stage: list(c) for stage, c in list(self.counts.items())}
 
     def stage_setups(self) -> dict[str, list[float]]:
-        return {stage: list(s) for stage, s in self.setups.items()}
+        return {stage: list(s) for stage, s in list(self.setups.items())}
 
     def stage_nodes(self) -> dict[str, list[str]]:
         return {stage: sorted(ids) for stage, ids in self.nodes.items()}
