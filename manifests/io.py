@@ -8,7 +8,7 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import Store
+from pipeline.storage import Store, read_parquet_bytes
 
 MANIFEST_DIR = "manifests"
 
@@ -31,7 +31,7 @@ def write_manifest(store: Store, shard_id: str, table: pa.Table) -> tuple[int, s
 
 
 def read_manifest(store: Store, shard_id: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(store.read_bytes(manifest_path(shard_id))))
+    return read_parquet_bytes(store.read_bytes(manifest_path(shard_id)))
 
 
 def read_manifests(store: Store, shard_ids: list[str]) -> pa.Table | None:

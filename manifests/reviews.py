@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import Store
+from pipeline.storage import Store, read_parquet_bytes
 
 REVIEW_DIR = "reviews"
 VERDICTS = ("accept", "reject", "caption")
@@ -88,7 +88,7 @@ def review_files(store: Store) -> list[str]:
 def read_reviews(store: Store, files: list[str] | None = None) -> pa.Table:
     """Every record (or those of the given files), in time order."""
     files = review_files(store) if files is None else files
-    tables = [pq.read_table(io.BytesIO(store.read_bytes(f"{REVIEW_DIR}/{n}"))) for n in files]
+    tables = [read_parquet_bytes(store.read_bytes(f"{REVIEW_DIR}/{n}")) for n in files]
     if not tables:
         return REVIEW_SCHEMA.empty_table()
     return pa.concat_tables([t.cast(REVIEW_SCHEMA) for t in tables]).sort_by([("time", "ascending")])

@@ -48,8 +48,11 @@ def main() -> None:
 @click.option("--redo-errors", is_flag=True, help="Reprocess the videos whose rows have status=error.")
 @click.option("--allow-recipe-change", is_flag=True, help="Continue an output that was started with another recipe.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal only).")
+@click.option("--executor", type=click.Choice(["auto", "ray", "local"]), default="auto", show_default=True,
+              help="ray: Ray Data; local: every stage in this process; auto: local for a small run on a new local Ray.")
+@click.option("--profile", is_flag=True, help="Print where the run's time went (one JSON line on stderr).")
 def run(recipe, input_spec, output, shard_size, overrides, skip, models_dir, address, redo_errors, allow_recipe_change,
-        progress) -> None:
+        progress, executor, profile) -> None:
     """Run a recipe over the input; resumes where a previous run on OUTPUT stopped."""
     from pipeline.recipe import load_recipe
     from pipeline.run import RunOptions, run as run_pipeline
@@ -58,8 +61,11 @@ def run(recipe, input_spec, output, shard_size, overrides, skip, models_dir, add
     result = run_pipeline(RunOptions(
         recipe=loaded, output=output, input=input_spec, shard_size=shard_size, address=address,
         redo_errors=redo_errors, allow_recipe_change=allow_recipe_change, progress=progress, models_dir=models_dir,
+        executor=executor,
     ))
     _print_run_result(result)
+    if profile:
+        click.echo("profile " + json.dumps({"executor": result.executor, **result.profile}), err=True)
     if result.shards_pending:
         sys.exit(1)
 

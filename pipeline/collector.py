@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,6 +49,7 @@ class ShardCollector:
         self.on_commit = on_commit
         self.committed: list[str] = []
         self.commit_errors: dict[str, str] = {}  # shard -> why its commit failed (it stays pending)
+        self.commit_seconds = 0.0  # time spent writing manifests and commit records (the run's profile)
 
     def add(self, shard_id: str, video_id: str, part: int, last: bool, clips: list[Clip]) -> str | None:
         """Record one row; returns the shard id if this row completed (and so committed) its shard."""
@@ -75,6 +77,7 @@ class ShardCollector:
         order = self.order
         rows.sort(key=lambda r: (order.get(r["video_id"], -1), r["video_id"], r["clip_index"], r["start_s"]))
         table = pa.Table.from_pylist(rows, schema=self.schema)
+        started = time.perf_counter()
         try:
             record = commit_shard(self.store, shard_id, table, self.recipe_hash)
         except OSError as exc:
@@ -82,6 +85,8 @@ class ShardCollector:
             # stays pending for the next run, and this run goes on with the other shards.
             self.commit_errors[shard_id] = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             return
+        finally:
+            self.commit_seconds += time.perf_counter() - started
         self.committed.append(shard_id)
         if self.on_commit:
             self.on_commit(shard_id, record)

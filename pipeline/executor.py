@@ -10,7 +10,9 @@ import logging
 import math
 import os
 import pickle
-from collections.abc import Iterator
+import resource
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -18,6 +20,7 @@ import pyarrow as pa
 from pipeline.clip import Clip
 from pipeline.errors import UserError
 from pipeline.plan import PlannedVideo
+from pipeline.progress import StageCounts
 from pipeline.recipe import Recipe, StageSpec
 from pipeline.stage import Resources, RunContext, Stage
 
@@ -55,13 +58,20 @@ class StageRunner:
 
     def __init__(self, stage_cls: type[Stage], params: dict, strip_frames: bool = False,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress_actor: str | None = None,
-                 context: RunContext | None = None):
+                 context: RunContext | None = None, counter: StageCounts | None = None):
+        started = time.perf_counter()
         self.stage = stage_cls(stage_cls.Params(**params), context)
         self.stage.setup()
+        setup_s = time.perf_counter() - started
         self.strip_frames = strip_frames
         self.chunk_bytes = chunk_bytes
+        self.counter = counter  # in-process runs report here, not to an actor
         self.progress = _progress_actor(progress_actor) if progress_actor else None
         self.node = _node_id() if self.progress else None  # which node's workers ran the stage, for the run's report
+        if counter is not None:
+            counter.set_up(stage_cls.name, setup_s)
+        elif self.progress is not None and stage_cls.actor:  # once per actor; task stages are set up per batch
+            self.progress.set_up.remote(stage_cls.name, setup_s, _process_cpu_s())
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         for rows in self.run_rows(batch.to_pylist()):
@@ -140,7 +150,12 @@ class StageRunner:
 
     def _report(self, rows_in: int, rows_out: int) -> None:
         """Clips in and out, as they happen; waited for, so the counts are complete when the run's rows are."""
-        if self.progress is None or not (rows_in or rows_out):
+        if not (rows_in or rows_out):
+            return
+        if self.counter is not None:
+            self.counter.add(self.stage.name, rows_in, rows_out)
+            return
+        if self.progress is None:
             return
         import ray
 
@@ -153,6 +168,11 @@ class StageRunner:
 def run_stage_batch(batch: pa.Table, **runner_args) -> Iterator[pa.Table]:
     """Task form of StageRunner, for stages without setup(): cheap to construct on every call."""
     yield from StageRunner(**runner_args)(batch)
+
+
+def _process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _progress_actor(name: str):
@@ -272,16 +292,59 @@ def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: st
     ctx.max_errored_blocks = -1
 
     ds = ray.data.from_items([source_row(v) for v in videos], override_num_blocks=max(1, len(videos)))
-    last_frame_reader = _last_frame_reader(recipe.stages)
     planned = plan_resources(recipe.stages, alive_nodes())
-    for index, spec in enumerate(recipe.stages):
-        runner_args = dict(stage_cls=spec.cls, params=spec.params.model_dump(), strip_frames=index >= last_frame_reader,
-                           chunk_bytes=chunk_bytes, progress_actor=progress_actor, context=context)
+    all_args = stage_runner_args(recipe, chunk_bytes=chunk_bytes, progress_actor=progress_actor, context=context)
+    for spec, runner_args in zip(recipe.stages, all_args):
         res = planned[spec.name]
         if one_video_per_call:
             res = res.model_copy(update={"batch_size": 1})
         ds = _add_stage(ds, spec, res, runner_args)
     return ds
+
+
+def stage_runner_args(recipe: Recipe, **common: Any) -> list[dict[str, Any]]:
+    """Each stage's StageRunner arguments in recipe order: the Ray and the in-process executors build the same
+    runners. Frames are dropped after the last stage that reads them."""
+    last_frame_reader = _last_frame_reader(recipe.stages)
+    return [dict(stage_cls=spec.cls, params=spec.params.model_dump(), strip_frames=index >= last_frame_reader,
+                 **common) for index, spec in enumerate(recipe.stages)]
+
+
+def this_machine() -> dict[str, float]:
+    """This machine's resources as a Ray node would state them, for the in-process executor's checks (CPUs only: it
+    never places work on a GPU)."""
+    return {"CPU": float(os.cpu_count() or 1),
+            "memory": float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))}
+
+
+def run_in_process(recipe: Recipe, videos: list[PlannedVideo], counter: StageCounts,
+                   context: RunContext | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[dict]:
+    """The recipe's rows without Ray: every stage in this process, each video through the whole chain before the
+    next (a plain script's loop). For runs too small to repay Ray's fixed cost (a local Ray and one worker process
+    per stage cost seconds of CPU before the first clip). The same StageRunners as on Ray, so the same rows; a long
+    video still streams through in parts. A crash in native code ends the run, not just its video (no worker
+    isolation): committed shards stay, and `--executor ray` isolates each worker."""
+    plan_resources(recipe.stages, [this_machine()])  # a stage that needs a GPU fails here, in one line
+    # The environment Ray gives a 1-CPU worker (OMP_NUM_THREADS=1), which stages that size thread pools read.
+    set_threads = "OMP_NUM_THREADS" not in os.environ
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        runners = [StageRunner(counter=counter, **args)
+                   for args in stage_runner_args(recipe, chunk_bytes=chunk_bytes, context=context)]
+        for video in videos:
+            rows: Iterable[dict] = [source_row(video)]
+            for runner in runners:
+                rows = _through(runner, rows)
+            yield from rows
+    finally:
+        if set_threads:
+            os.environ.pop("OMP_NUM_THREADS", None)
+
+
+def _through(runner: StageRunner, rows: Iterable[dict]) -> Iterator[dict]:
+    for row in rows:
+        for out in runner.run_rows([row]):
+            yield from out
 
 
 def plan_resources(specs: list[StageSpec], nodes: list[dict[str, float]]) -> dict[str, Resources]:

@@ -10,10 +10,9 @@ import os
 import posixpath
 
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
-from pipeline.storage import filesystem_and_path, is_s3, normalize_uri
+from pipeline.storage import filesystem_and_path, is_s3, normalize_uri, read_parquet_bytes
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .asf .vob".split()
@@ -86,7 +85,7 @@ def _read_list_file(spec: str) -> list[tuple[str, dict]]:
         raise UserError(f"cannot read input list {spec}: {exc}") from None
     lower = spec.lower()
     if lower.endswith(".parquet"):
-        table = pq.read_table(io.BytesIO(data))
+        table = read_parquet_bytes(data)
         if "uri" not in table.column_names:
             raise UserError(f"input list {spec} has no 'uri' column (columns: {', '.join(table.column_names)})")
         entries = [(r["uri"], _attributes(r)) for r in table.to_pylist() if r["uri"]]

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from pipeline.clip import video_id_for
 from pipeline.errors import UserError
 from pipeline.inputs import LIST_ATTRIBUTES, read_inputs
-from pipeline.storage import Store, check_writable, is_s3, normalize_uri
+from pipeline.storage import Store, check_writable, is_s3, normalize_uri, read_parquet_bytes
 
 PLAN_JSON = "plan/plan.json"
 PLAN_VIDEOS = "plan/videos.parquet"
@@ -86,7 +86,7 @@ def read_plan(store: Store) -> Plan | None:
     if not store.exists(PLAN_JSON):
         return None
     meta = json.loads(store.read_bytes(PLAN_JSON))
-    table = pq.read_table(io.BytesIO(store.read_bytes(PLAN_VIDEOS)))
+    table = read_parquet_bytes(store.read_bytes(PLAN_VIDEOS))
     cols = table.to_pydict()
     n = len(cols["uri"])
     attrs = {k: cols.get(k, [None] * n) for k in LIST_ATTRIBUTES}  # plans written before these columns lack them

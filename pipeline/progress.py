@@ -15,34 +15,51 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+class StageCounts:
+    """Clips in and out of each stage, the nodes its workers ran on and its workers' set-up times. Stage workers
+    report to it: as a named Ray actor (start_progress_actor), or as a plain object where every stage runs in the
+    driver (the in-process executor of small runs)."""
+
+    def __init__(self):
+        self.counts: dict[str, list[int]] = {}
+        self.nodes: dict[str, set[str]] = {}  # stage -> Ray node ids its workers ran on
+        # stage -> [workers set up, seconds their setup() took, CPU seconds each worker process had used when ready
+        # (interpreter start, imports, setup: the fixed cost a Ray worker pays before its first clip)]
+        self.setups: dict[str, list[float]] = {}
+
+    def add(self, stage: str, rows_in: int, rows_out: int, node: str | None = None) -> None:
+        c = self.counts.setdefault(stage, [0, 0])
+        c[0] += rows_in
+        c[1] += rows_out
+        if node:
+            self.nodes.setdefault(stage, set()).add(node)
+
+    def set_up(self, stage: str, seconds: float, ready_cpu_s: float = 0.0) -> None:
+        s = self.setups.setdefault(stage, [0, 0.0, 0.0])
+        s[0] += 1
+        s[1] += seconds
+        s[2] += ready_cpu_s
+
+    # list(items()) copies in one step under the GIL: in process, the progress thread reads while stages add
+    def snapshot(self) -> dict[str, list[int]]:
+        return {stage: list(c) for stage, c in list(self.counts.items())}
+
+    def stage_setups(self) -> dict[str, list[float]]:
+        return {stage: list(s) for stage, s in list(self.setups.items())}
+
+    def stage_nodes(self) -> dict[str, list[str]]:
+        return {stage: sorted(ids) for stage, ids in self.nodes.items()}
+
+
 def start_progress_actor(namespace: str, name: str):
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    @ray.remote(num_cpus=0)
-    class ProgressCounter:
-        def __init__(self):
-            self.counts: dict[str, list[int]] = {}
-            self.nodes: dict[str, set[str]] = {}  # stage -> Ray node ids its workers ran on
-
-        def add(self, stage: str, rows_in: int, rows_out: int, node: str | None = None) -> None:
-            c = self.counts.setdefault(stage, [0, 0])
-            c[0] += rows_in
-            c[1] += rows_out
-            if node:
-                self.nodes.setdefault(stage, set()).add(node)
-
-        def snapshot(self) -> dict[str, list[int]]:
-            return self.counts
-
-        def stage_nodes(self) -> dict[str, list[str]]:
-            return {stage: sorted(ids) for stage, ids in self.nodes.items()}
-
     # On the head node (where a cluster's driver runs): a worker node lost mid-run must not take the counts with it.
     heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n["Resources"]]
     node = heads[0] if heads else ray.get_runtime_context().get_node_id()
-    return ProgressCounter.options(name=name, namespace=namespace,
-                                   scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
+    return ray.remote(num_cpus=0)(StageCounts).options(
+        name=name, namespace=namespace, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
 
 
 # A run with no clip in or out of any stage and no commit for this long says what it waits for (0: never).
@@ -113,6 +130,8 @@ class RunProgress:
     def _snapshot(self) -> dict[str, list[int]]:
         if self.actor is None:
             return {}
+        if isinstance(self.actor, StageCounts):
+            return self.actor.snapshot()
         import ray
 
         try:

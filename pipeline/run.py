@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import resource
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -12,12 +15,12 @@ from importlib import metadata
 from manifests.io import read_manifest
 from manifests.schema import manifest_schema
 from pipeline.collector import ShardCollector
-from pipeline.commits import committed_shards
+from pipeline.commits import load_commits, write_commit_index
 from pipeline.errors import UserError
 from pipeline.executor import (DEFAULT_CHUNK_BYTES, build_dataset, decode_clips, describe_pending, ensure_ray,
-                                namespace)
+                                namespace, run_in_process)
 from pipeline.plan import Plan, PlannedVideo, load_or_create_plan
-from pipeline.progress import RunProgress, start_progress_actor
+from pipeline.progress import RunProgress, StageCounts, start_progress_actor
 from pipeline.recipe import Recipe
 from pipeline.stage import RunContext
 from pipeline.storage import Store, check_writable
@@ -27,6 +30,8 @@ RUN_JSON = "run.json"
 # million pickled rows and blocks before the first one starts. So a run streams its pending shards in windows of
 # about this many videos, one dataset each (actor pools start again per window: seconds per 10,000 videos).
 WINDOW_VIDEOS = 10_000
+# `executor: auto` runs at most this many pending videos in the driver itself, without Ray (see use_in_process).
+IN_PROCESS_MAX_VIDEOS = int(os.environ.get("ACTCURATE_IN_PROCESS_MAX_VIDEOS", "8"))
 VERSIONED_PACKAGES = ("actcurate", "ray", "av", "scenedetect", "opencv-python-headless", "pyarrow", "numpy")
 
 
@@ -43,6 +48,7 @@ class RunOptions:
     models_dir: str | None = None  # --models-dir: model files searched before the cache
     chunk_bytes: int = DEFAULT_CHUNK_BYTES  # a long video leaves the splitting stage in parts of about this size
     window_videos: int = WINDOW_VIDEOS  # pending videos streamed per Ray dataset (whole shards; see _windows)
+    executor: str = "auto"  # ray | local (every stage in this process) | auto (see use_in_process)
 
 
 @dataclass
@@ -56,6 +62,10 @@ class RunResult:
     seconds: float = 0.0
     stage_counts: dict[str, list[int]] = field(default_factory=dict)  # stage -> [clips in, out], as progress showed
     stage_nodes: dict[str, list[str]] = field(default_factory=dict)  # stage -> Ray node ids its workers ran on
+    executor: str = ""  # "ray" or "local": where the stages ran
+    # Where the time went (seconds; see `actcurate run --profile`): phases of the driver, its CPU, and per stage the
+    # workers set up with their setup() time and, on Ray, the CPU each worker process had used when ready.
+    profile: dict = field(default_factory=dict)
 
 
 def package_versions() -> dict[str, str]:
@@ -111,32 +121,59 @@ def _redo_targets(store: Store, plan: Plan, committed: dict[str, dict]):
     return expected, kept
 
 
+def use_in_process(opts: RunOptions, pending_videos: int) -> bool:
+    """Whether this run's stages run in the driver, without Ray. `auto` does so for a small run that would start a
+    new local Ray (no --address, no RAY_ADDRESS, none running in this process) on a machine without GPUs: Ray's
+    start-up and a worker process per stage cost more CPU than a few videos' work (bench/pipeline.py)."""
+    if opts.executor in ("ray", "local"):
+        return opts.executor == "local"
+    if opts.executor != "auto":
+        raise UserError(f"executor {opts.executor!r}: use auto, ray or local")
+    if opts.address or os.environ.get("RAY_ADDRESS") or pending_videos > IN_PROCESS_MAX_VIDEOS:
+        return False
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # a Ray already running here (tests share one)
+        return False
+    return not glob.glob("/dev/nvidia[0-9]*")  # a GPU machine: stages may take their GPU share through Ray
+
+
 def run(opts: RunOptions) -> RunResult:
     started = time.monotonic()
+    profile: dict = {}
     recipe = opts.recipe
     store = Store(opts.output)
     context = RunContext(models_dir=str(Path(opts.models_dir).expanduser().resolve()) if opts.models_dir else None,
                          output=store.root)
     for spec in recipe.stages:
         spec.build(context).preflight()  # missing models, unreachable endpoints: fail before any video is touched
+    profile["preflight_s"] = time.monotonic() - started
     plan, created = load_or_create_plan(store, opts.input, opts.shard_size)
     if not created:
         check_writable(store)
     _record_run(store, opts)
-    committed = committed_shards(store)
+    committed, unindexed = load_commits(store)
     shards = plan.videos_by_shard()
     expected = {s: videos for s, videos in shards.items() if s not in committed}
     kept: dict[str, list[dict]] = {}
     if opts.redo_errors:
         redo_expected, kept = _redo_targets(store, plan, committed)
         expected.update({s: v for s, v in redo_expected.items() if v})
-    result = RunResult(store.root, len(shards), len(committed))
+    result = RunResult(store.root, len(shards), len(committed), profile=profile)
     todo = [v for s in sorted(expected) for v in expected[s]]
+    profile["plan_s"] = time.monotonic() - started - profile["preflight_s"]
     if not todo:
+        if unindexed:  # the next status or resume reads one summary instead of these records
+            _write_index_quietly(store, committed)
         result.seconds = time.monotonic() - started
         return result
 
-    ensure_ray(opts.address)
+    local = use_in_process(opts, len(todo))
+    result.executor = "local" if local else "ray"
+    mark = time.monotonic()
+    if not local:
+        ensure_ray(opts.address)
+    profile["ray_start_s"] = time.monotonic() - mark
     stage_columns = {c: t for spec in recipe.stages for c, t in spec.cls.columns.items()}
     schema = manifest_schema(recipe.stage_names(), stage_columns, recipe.split_stage)
     actor_name = f"actcurate-progress-{uuid.uuid4().hex[:8]}"
@@ -146,30 +183,56 @@ def run(opts: RunOptions) -> RunResult:
                              chunk_bytes=opts.chunk_bytes, one_video_per_call=one_video_per_call)
 
     windows = _windows(expected, opts.window_videos)
-    first = dataset_of(windows[0])  # lazy; checks the cluster's resources before the progress actor starts
-    actor = start_progress_actor(namespace(), actor_name)
+    if local:
+        actor = StageCounts()
+        first = run_in_process(recipe, todo, actor, context=context, chunk_bytes=opts.chunk_bytes)
+    else:
+        first = dataset_of(windows[0])  # lazy; checks the cluster's resources before the progress actor starts
+        actor = start_progress_actor(namespace(), actor_name)
     collector = ShardCollector(store, schema, recipe.hash, expected, {v.video_id: v.order for v in plan.videos},
                                kept_rows=kept)
     split = recipe.split_stage
     video_level = len(recipe.stages) if split is None else recipe.stage_names().index(split) + 1
+    mark = time.monotonic()
     with RunProgress(recipe.stage_names(), len(todo), actor=actor, interactive=opts.progress,
-                     video_level_stages=video_level, explain_stall=describe_pending) as progress:
-        collector.on_commit = lambda shard_id, record: progress.videos_committed(len(expected[shard_id]))
-        for index, window in enumerate(windows):
-            broken = _stream(first if index == 0 else dataset_of(window), collector)
-            if broken:
-                progress.note(f"the run lost Ray workers mid-stream ({broken}); its unfinished videos run again "
-                              "on the nodes left")
-        _retry_lost_videos(collector, dataset_of, progress)
+                     video_level_stages=video_level, explain_stall=None if local else describe_pending) as progress:
+        records = dict(committed)
+
+        def on_commit(shard_id: str, record: dict) -> None:
+            records[shard_id] = record
+            progress.videos_committed(len(expected[shard_id]))
+
+        collector.on_commit = on_commit
+        if local:
+            _stream_rows(first, collector)
+        else:
+            for index, window in enumerate(windows):
+                broken = _stream(first if index == 0 else dataset_of(window), collector)
+                if broken:
+                    progress.note(f"the run lost Ray workers mid-stream ({broken}); its unfinished videos run "
+                                  "again on the nodes left")
+            _retry_lost_videos(collector, dataset_of, progress)
         for shard_id, error in sorted(collector.commit_errors.items()):
             progress.note(f"{shard_id} could not be committed and stays pending: {error}")
-    result.stage_nodes = _stage_nodes(actor)
-    _kill_quietly(actor)
+    profile["stream_s"] = time.monotonic() - mark
+    mark = time.monotonic()
+    pending = set(collector.pending)  # a failed commit may have replaced the manifest its old record describes
+    _write_index_quietly(store, {s: r for s, r in records.items() if s not in pending})
+    profile["commit_s"] = collector.commit_seconds + time.monotonic() - mark
+    if local:
+        profile["stage_setup"] = actor.stage_setups()
+    else:
+        result.stage_nodes = _stage_nodes(actor)
+        profile["stage_setup"] = _stage_setups(actor)
+        _kill_quietly(actor)
     result.stage_counts = progress.counts
     result.shards_committed_now = collector.committed
     result.shards_pending = collector.pending
     result.videos_processed = len(todo)
     result.seconds = time.monotonic() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    profile["driver_cpu_s"] = usage.ru_utime + usage.ru_stime
+    profile["seconds"] = result.seconds
     return result
 
 
@@ -190,12 +253,16 @@ def _stream(dataset, collector: ShardCollector) -> str | None:
     from ray.exceptions import RayError
 
     try:
-        for row in dataset.iter_rows():
-            collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
+        _stream_rows(dataset.iter_rows(), collector)
     except RayError as exc:
         text = str(exc).strip()
         return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
     return None
+
+
+def _stream_rows(rows, collector: ShardCollector) -> None:
+    for row in rows:
+        collector.add(row["shard_id"], row["video_id"], row["part"], row["last"], decode_clips(row["clips"]))
 
 
 def _retry_lost_videos(collector: ShardCollector, dataset_of, progress: RunProgress) -> None:
@@ -226,6 +293,24 @@ def _stage_nodes(actor) -> dict[str, list[str]]:
     try:
         return ray.get(actor.stage_nodes.remote(), timeout=10)
     except Exception:  # a report, not a result: never fail a finished run over it
+        return {}
+
+
+def _write_index_quietly(store: Store, records: dict[str, dict]) -> None:
+    """The commit index is a cache for status and resume: a run never fails over it (they fall back to the
+    records)."""
+    try:
+        write_commit_index(store, records)
+    except OSError:
+        pass
+
+
+def _stage_setups(actor) -> dict[str, list[float]]:
+    import ray
+
+    try:
+        return ray.get(actor.stage_setups.remote(), timeout=10)
+    except Exception:  # a report, not a result
         return {}
 
 

@@ -27,3 +27,37 @@ def engine_recipe(overrides=()):
     doc["stages"].pop("pose")
     doc["stages"]["motion"].pop("min_person_flow", None)  # measured on the people, whom pose finds
     return build_recipe(doc, source=str(path), overrides=list(overrides))
+
+
+def finished_run(output: str, listing_dir, shards: int):
+    """A finished run of `shards` one-video shards (each one error row), committed through the engine's commit path
+    (no commit index yet); returns its Store."""
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from manifests.schema import clips_to_table, manifest_schema
+    from pipeline.clip import Clip
+    from pipeline.commits import commit_shard
+    from pipeline.plan import make_plan, write_plan
+    from pipeline.recipe import load_recipe
+    from pipeline.run import RunOptions, _record_run
+    from pipeline.storage import Store
+
+    listing = Path(listing_dir) / "finished.txt"
+    listing.write_text("".join(f"/data/v{i:07d}.mp4\n" for i in range(shards)))
+    store = Store(output)
+    plan = make_plan(str(listing), 1)
+    write_plan(store, plan)
+    recipe = load_recipe("quickstart")
+    _record_run(store, RunOptions(recipe=recipe, output=output))
+    stage_columns = {c: t for spec in recipe.stages for c, t in spec.cls.columns.items()}
+    schema = manifest_schema(recipe.stage_names(), stage_columns, recipe.split_stage)
+
+    def commit(video) -> None:
+        clip = Clip(video_id=video.video_id, video_uri=video.uri, shard_id=video.shard_id)
+        clip.fail("probe", RuntimeError("no such file"))
+        commit_shard(store, video.shard_id, clips_to_table([clip], schema), recipe.hash)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(commit, plan.videos))
+    return store

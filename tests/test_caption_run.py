@@ -88,8 +88,9 @@ def test_kill_resume_and_redo_errors_pay_for_no_call_twice(videos, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE)
     out = tmp_path / "out"
+    # --executor ray: a run this small would run in process, and the check below reads Ray's worker logs too
     common = ["run", "--recipe", str(recipe), "--input", str(videos), "--output", str(out), "--shard-size", "2",
-              "--no-progress"]
+              "--no-progress", "--executor", "ray"]
     outputs = []
     ray_tmp = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))  # short: Ray's socket paths must stay < 108 bytes
     with VlmServer(api_key=KEY, latency=0.3) as server:

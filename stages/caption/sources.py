@@ -8,11 +8,10 @@ import csv
 import io
 import json
 
-import pyarrow.parquet as pq
 
 from pipeline.errors import UserError
 from pipeline.inputs import _resolve_entry
-from pipeline.storage import filesystem_and_path
+from pipeline.storage import filesystem_and_path, read_parquet_bytes
 
 
 def read_source_captions(spec: str) -> dict[str, str]:
@@ -25,7 +24,7 @@ def read_source_captions(spec: str) -> dict[str, str]:
         raise UserError(f"caption.source_captions: cannot read {spec}: {exc}") from None
     lower = spec.lower()
     if lower.endswith(".parquet"):
-        rows = pq.read_table(io.BytesIO(data)).to_pylist()
+        rows = read_parquet_bytes(data).to_pylist()
     elif lower.endswith(".csv"):
         rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
     elif lower.endswith(".jsonl"):
