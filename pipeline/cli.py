@@ -232,7 +232,7 @@ def quickstart(output) -> None:
     list_file = prepare_inputs(out / "inputs")
     console.print(f"quickstart: recipe quickstart on {list_file} -> {out}")
     result = run_pipeline(RunOptions(recipe=load_recipe("quickstart"), output=str(out), input=str(list_file),
-                                     shard_size=4))
+                                     shard_size=4, executor="ray"))  # shows the engine as a cluster runs it: Ray
     _print_run_result(result)
     render_text(get_audit(str(out)), console)
 

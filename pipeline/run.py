@@ -121,15 +121,23 @@ def _redo_targets(store: Store, plan: Plan, committed: dict[str, dict]):
     return expected, kept
 
 
-def use_in_process(opts: RunOptions, pending_videos: int) -> bool:
+# Present while an in-process run works on OUT; left behind when that process died (a crash in native code, a kill)
+LOCAL_RUN_MARK = "local_run.json"
+
+
+def use_in_process(opts: RunOptions, pending_videos: int, store: Store | None = None) -> bool:
     """Whether this run's stages run in the driver, without Ray. `auto` does so for a small run that would start a
     new local Ray (no --address, no RAY_ADDRESS, none running in this process) on a machine without GPUs: Ray's
-    start-up and a worker process per stage cost more CPU than a few videos' work (bench/pipeline.py)."""
+    start-up and a worker process per stage cost more CPU than a few videos' work (bench/pipeline.py). Not after
+    an in-process run on this OUT died: a video that crashes its process would crash every rerun, while Ray's
+    workers isolate it and it ends as its own error row."""
     if opts.executor in ("ray", "local"):
         return opts.executor == "local"
     if opts.executor != "auto":
         raise UserError(f"executor {opts.executor!r}: use auto, ray or local")
     if opts.address or os.environ.get("RAY_ADDRESS") or pending_videos > IN_PROCESS_MAX_VIDEOS:
+        return False
+    if store is not None and store.exists(LOCAL_RUN_MARK):
         return False
     import sys
 
@@ -168,7 +176,7 @@ def run(opts: RunOptions) -> RunResult:
         result.seconds = time.monotonic() - started
         return result
 
-    local = use_in_process(opts, len(todo))
+    local = use_in_process(opts, len(todo), store)
     result.executor = "local" if local else "ray"
     mark = time.monotonic()
     if not local:
@@ -204,7 +212,9 @@ def run(opts: RunOptions) -> RunResult:
 
         collector.on_commit = on_commit
         if local:
+            store.write_bytes(LOCAL_RUN_MARK, json.dumps({"videos": [v.video_id for v in todo]}).encode())
             _stream_rows(first, collector)
+            store.delete(LOCAL_RUN_MARK)  # not on an exception: a crash or kill leaves it for the next auto run
         else:
             for index, window in enumerate(windows):
                 broken = _stream(first if index == 0 else dataset_of(window), collector)

@@ -82,3 +82,45 @@ def test_cli_profile_line(tmp_path):
     profile = json.loads(line.removeprefix("profile "))
     assert profile["executor"] == "local"
     assert set(profile["stage_setup"]) == {"probe", "scenes"} and profile["ray_start_s"] < 0.01
+    assert not (tmp_path / "out" / "local_run.json").exists()  # a finished in-process run leaves no mark
+
+
+CRASHING_RUN = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from fixtures_run import engine_recipe
+from pipeline.recipe import Recipe, StageSpec
+from pipeline.run import RunOptions, run
+from pipeline.stage import Stage, StageParams
+
+
+class Crash(Stage):
+    name = "crash"
+
+    def process(self, clips):
+        os.abort()  # what a segfaulting decoder or model does to the process that runs it
+
+
+base = engine_recipe()
+recipe = Recipe(base.name, base.description, base.stages + [StageSpec("crash", Crash, StageParams())], base.source)
+run(RunOptions(recipe=recipe, input={input!r}, output={output!r}, progress=False, executor="auto"))
+"""
+
+
+def test_after_an_in_process_run_dies_auto_takes_ray_which_isolates_the_crash(ray_local, monkeypatch, tmp_path):
+    """A video that crashes the process would crash every in-process rerun; so an in-process run that did not finish
+    sends the next auto run on that OUT to Ray, where the crash is one worker's and ends as the video's error row."""
+    from pathlib import Path
+
+    from pipeline.storage import Store
+
+    media.make_video(tmp_path / "in" / "v.mp4", segments=(50,), fps=25)
+    out = tmp_path / "out"
+    script = CRASHING_RUN.format(tests=str(Path(__file__).parent), input=str(tmp_path / "in"), output=str(out))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and (out / "local_run.json").exists(), done.stderr[-2000:]
+    monkeypatch.setattr(ray_local, "is_initialized", lambda: False)  # as in a fresh process
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    options = RunOptions(recipe=engine_recipe(), output=str(out))
+    assert not use_in_process(options, 1, Store(str(out)))
+    assert use_in_process(options, 1, Store(str(tmp_path / "another-out")))
