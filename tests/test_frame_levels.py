@@ -138,3 +138,4 @@ def test_levels_travel_through_the_engine_rows_and_are_dropped_after_the_last_re
         assert clip.columns["reader_shape"] == [*frame_size(160), 3]
         assert clip.columns["reader_times"] == [before.frame_times[i] for i in before.frame_levels[0].indices]
         assert clip.frame_bytes == 0 and clip.frame_levels == [] and clip.frames is None
+
