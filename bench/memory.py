@@ -10,11 +10,11 @@ process (its own Ray), where a sampler thread reads the RSS of the driver and of
 raylet and GCS, and the workers: `ray::` processes) every --sample-s. Shared memory (Ray's object store) counts in
 every process that maps it, so the sums overstate what the machine holds: the figures are upper bounds.
 
-The haic recipe runs as written except: caption off (it needs a VLM endpoint), pose/aesthetic on fixture models
-(tests/fixtures_models.py, tests/fixtures_aesthetic.py), and every reject rule off so every clip's frames travel
-through every stage (the worst case for memory). `--detector` swaps the scene detector (haic's TransNetV2 costs
-about 20 ms of CPU a frame: 30 minutes for the hour on one core). The stated cap: see `memory_cap_mb` below; the
-last line is one JSON object.
+The haic recipe runs as written except: caption (and mome/annotate, where present) off (they need a VLM
+endpoint), pose/aesthetic on fixture models (tests/fixtures_models.py, tests/fixtures_aesthetic.py), and every
+reject rule off so every clip's frames travel through every stage (the worst case for memory). `--detector` swaps
+the scene detector (haic's TransNetV2 costs about 20 ms of CPU a frame: 30 minutes for the hour on one core). The
+stated cap: see `memory_cap_mb` below; the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 CACHE = REPO / "bench" / ".cache" / "memory"
 SCENE_S, GOP_S, FPS, SCENES = 8, 2, 25, 8
 MB = 1024 * 1024
+VLM_STAGES = ("caption", "mome", "annotate")  # off in the bench: they need a VLM endpoint
 
 
 # -- inputs -----------------------------------------------------------------------------------------------------------
@@ -165,7 +166,8 @@ def measure(input_dir: str, detector: str | None, chunk_mb: int, sample_s: float
         tiny = make_tiny_aesthetic(tmp / "aesthetic", "actcurate-tiny-clip-membench")
         doc = yaml.safe_load(recipe_path("haic").read_text())
         stages = doc["stages"]
-        stages.pop("caption")
+        for name in VLM_STAGES:
+            stages.pop(name, None)
         stages["probe"].update(min_short_side=None, min_duration_s=None)
         stages["scenes"].update(min_clip_s=0.0, **({"detector": detector} if detector else {}))
         stages["pose"].update(det_model=str(models / "yolox_l.onnx"), pose_model=str(models / "dw-ll_ucoco_384.onnx"),
@@ -238,7 +240,8 @@ def memory_cap_mb(levels: list[list[float]], chunk_mb: int, max_clip_s: float, f
     per_s = frame_bytes_per_second(levels, 3840, 2160)
     part = chunk_mb * MB + max_clip_s * per_s
     recipe = load_recipe("haic")
-    readers = [s for s in recipe.stages if s.build().frame_request() is not None and s.name != "caption"]
+    readers = [s for s in recipe.stages
+               if s.build().frame_request() is not None and s.name not in VLM_STAGES]
     heaps = (2 * max_clip_s + 2) * per_s + part + sum(2 * s.build().resources.batch_size * part for s in readers)
     store = 0.5 * object_store_mb
     return {"fixed_mb": fixed_mb, "object_store_budget_mb": round(store), "worker_frames_mb": round(heaps / MB),
