@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
@@ -45,10 +46,19 @@ class FrameGrid:
 
 
 def sample_indices(times: list[float], fps: float) -> list[int]:
-    """Indices of the kept frames at `fps` (the scenes stage keeps the highest rate any stage asks for; a stage at
-    that rate reads every kept frame, one at a lower rate a regular subset)."""
+    """Indices of the kept frames at `fps` (the scenes stage keeps, per size, the highest rate a stage asks for at
+    that size; a stage at that rate reads every frame of its level, one at a lower rate a regular subset)."""
     grid = FrameGrid(fps)
     return [i for i, t in enumerate(times) if grid.take(t)]
+
+
+@dataclass
+class FrameLevel:
+    """Kept frames at one size: `images[k]` is the frame at `clip.frame_times[indices[k]]`, long side <= max_side."""
+
+    max_side: int
+    indices: list[int]
+    images: np.ndarray  # (N, H, W, 3) uint8 RGB
 
 
 @dataclass
@@ -71,9 +81,12 @@ class Clip:
     columns: dict[str, Any] = field(default_factory=dict)
     # Seconds each stage spent on this row.
     timings: dict[str, float] = field(default_factory=dict)
-    # Sampled RGB frames (N, H, W, 3) uint8 kept by the scenes stage for later stages; never persisted.
+    # Sampled RGB frames (N, H, W, 3) uint8 kept by the scenes stage for later stages; never persisted. One size:
+    # `frames` aligned with `frame_times`. Several sizes (later stages asked for different ones): `frame_levels`,
+    # `frames` None, and `frame_times` the times of every kept frame (each level holds some of them).
     frames: np.ndarray | None = None
     frame_times: list[float] = field(default_factory=list)
+    frame_levels: list[FrameLevel] = field(default_factory=list)
     # Which input row of the current batch this clip came from; transient, set by the executor.
     origin: int | None = field(default=None, compare=False, repr=False)
 
@@ -87,7 +100,29 @@ class Clip:
 
     @property
     def frame_bytes(self) -> int:
-        return 0 if self.frames is None else int(self.frames.nbytes)
+        held = 0 if self.frames is None else int(self.frames.nbytes)
+        return held + sum(int(level.images.nbytes) for level in self.frame_levels)
+
+    def kept_frames(self, max_side: int | None = None) -> tuple[list[int], Any]:
+        """The kept frames a reader of frames up to `max_side` gets: (indices into frame_times, images). With
+        several levels: the level of that size, else the smallest larger one, else the largest (None: the largest)."""
+        if not self.frame_levels:
+            return (list(range(len(self.frames))), self.frames) if self.frames is not None else ([], ())
+        level = _level_for(self.frame_levels, max_side)
+        return level.indices, level.images
+
+    def frame_image(self, index: int, max_side: int | None = None) -> np.ndarray:
+        """The kept frame at `frame_times[index]`, from the level nearest `max_side` that holds it (a stage may pick
+        frames another stage chose: the captioner's pose keyframes)."""
+        if not self.frame_levels:
+            if self.frames is None:
+                raise IndexError(f"kept frame {index}: the clip has no kept frames")
+            return self.frames[index]
+        holding = [level for level in self.frame_levels if _position(level.indices, index) is not None]
+        if not holding:
+            raise IndexError(f"kept frame {index} is in no level of the clip's kept frames")
+        level = _level_for(holding, max_side)
+        return level.images[_position(level.indices, index)]
 
     def reject(self, stage: str, rule: str, value: float | None, threshold: float | None) -> None:
         self.status = REJECTED
@@ -107,9 +142,23 @@ class Clip:
     def drop_frames(self) -> None:
         self.frames = None
         self.frame_times = []
+        self.frame_levels = []
 
     def derive(self, **changes: Any) -> Clip:
         """A new clip of the same video (a split), sharing the facts gathered so far but no frames."""
-        base = dict(columns=dict(self.columns), timings=dict(self.timings), frames=None, frame_times=[])
+        base = dict(columns=dict(self.columns), timings=dict(self.timings), frames=None, frame_times=[],
+                    frame_levels=[])
         base.update(changes)
         return dataclasses.replace(self, **base)
+
+
+def _level_for(levels: list[FrameLevel], max_side: int | None) -> FrameLevel:
+    by_side = sorted(levels, key=lambda level: level.max_side)
+    if max_side is None:
+        return by_side[-1]
+    return next((level for level in by_side if level.max_side >= max_side), by_side[-1])
+
+
+def _position(indices: list[int], index: int) -> int | None:
+    at = bisect.bisect_left(indices, index)
+    return at if at < len(indices) and indices[at] == index else None

@@ -68,7 +68,7 @@ class RunContext:
 
 @dataclass
 class FrameSample:
-    """The kept frames a stage reads: indices into `clip.frames`, the images and their times (s)."""
+    """The kept frames a stage reads: indices into `clip.frame_times`, the images and their times (s)."""
 
     indices: list[int] = field(default_factory=list)
     images: Sequence[np.ndarray] = ()
@@ -110,7 +110,8 @@ class Stage:
         return self.requires
 
     def frame_request(self) -> FrameRequest | None:
-        """Frames this stage reads; the frame-providing stage keeps the union of every later stage's request."""
+        """Frames this stage reads; the frame-providing stage keeps them for it at this size and rate (requests of
+        one size share their frames, at the highest rate asked at that size)."""
         return None
 
     def with_frame_requests(self, requests: list[FrameRequest]) -> StageParams:
@@ -230,18 +231,21 @@ class Stage:
 
     # -- helpers for subclasses ------------------------------------------------------------------------------------
     def frames(self, clip: Clip, fps: float | None = None, max_frames: int | None = None) -> FrameSample:
-        """The clip's kept frames at this stage's rate (its frame request's fps unless given), on the same grid the
-        frame provider kept them by; `max_frames` spreads a cap evenly over the clip."""
-        if clip.frames is None or len(clip.frames) == 0:
-            return FrameSample()
-        if len(clip.frame_times) != len(clip.frames):
-            raise ValueError(f"clip has {len(clip.frames)} frames but {len(clip.frame_times)} frame times")
+        """The clip's kept frames at this stage's size and rate (its frame request's unless `fps` is given), on the
+        same grid the frame provider kept them by; `max_frames` spreads a cap evenly over the clip. Indices are
+        into `clip.frame_times` (the scenes_kept_frame_times column), whichever size level the images come from."""
         request = self.frame_request()
+        kept, images = clip.kept_frames(request.max_side if request else None)
+        if not kept:
+            return FrameSample()
+        if not clip.frame_levels and len(clip.frame_times) != len(images):
+            raise ValueError(f"clip has {len(images)} frames but {len(clip.frame_times)} frame times")
+        times = [float(clip.frame_times[i]) for i in kept]
         rate = fps or (request.fps if request else None)
-        indices = sample_indices(clip.frame_times, rate) if rate else list(range(len(clip.frames)))
-        if max_frames is not None and len(indices) > max_frames:
-            indices = [indices[i] for i in np.linspace(0, len(indices) - 1, max_frames).round().astype(int)]
-        return FrameSample(indices, [clip.frames[i] for i in indices], [float(clip.frame_times[i]) for i in indices])
+        picks = sample_indices(times, rate) if rate else list(range(len(kept)))
+        if max_frames is not None and len(picks) > max_frames:
+            picks = [picks[i] for i in np.linspace(0, len(picks) - 1, max_frames).round().astype(int)]
+        return FrameSample([kept[k] for k in picks], [images[k] for k in picks], [times[k] for k in picks])
 
     def reject(self, clip: Clip, rule: str, value: float | None, threshold: float | None) -> None:
         assert rule in self.rule_meanings(), (

@@ -22,7 +22,7 @@ import pyarrow as pa
 from av.video.reformatter import VideoReformatter
 from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 
-from pipeline.clip import Clip, FrameGrid
+from pipeline.clip import Clip, FrameGrid, FrameLevel
 from pipeline.errors import UserError
 from pipeline.stage import FrameRequest, Resources, Stage, StageParams
 from pipeline.video import open_video
@@ -49,9 +49,13 @@ class ScenesParams(StageParams):
     # Clip length bounds; scenes longer than max_clip_s are split into equal windows, shorter than min rejected.
     min_clip_s: float = 0.0
     max_clip_s: float | None = None
-    # Frames kept for later stages: None means the union of what the recipe's later stages ask for.
+    # Frames kept for later stages. Unset (the default): each later stage's request is kept at its own size and
+    # rate (`keep_levels`, filled from the recipe: one level per requested size, at the highest rate asked at that
+    # size). Setting keep_fps (and optionally keep_max_side) keeps one level instead, the same frames for every
+    # stage (the missing one filled with the largest request).
     keep_fps: float | None = None
     keep_max_side: int | None = None
+    keep_levels: list[FrameRequest] = []
 
 
 class ScenesStage(Stage):
@@ -80,20 +84,26 @@ class ScenesStage(Stage):
             transnet_weights()  # raises a UserError naming the install command
 
     def with_frame_requests(self, requests: list[FrameRequest]) -> ScenesParams:
-        """Keep the union (highest rate, largest size) of what later stages read, unless the recipe fixes it."""
+        """Keep what later stages read: one level per requested size at the highest rate asked at that size, or,
+        where the recipe fixes keep_fps or keep_max_side, one level (the missing one from the largest request)."""
         p = self.params
+        if not requests or p.keep_levels:
+            return p
+        if p.keep_fps is None and p.keep_max_side is None:
+            return p.model_copy(update={"keep_levels": frame_levels(requests)})
         update = {}
-        if p.keep_fps is None and requests:
+        if p.keep_fps is None:
             update["keep_fps"] = max(r.fps for r in requests)
-        if p.keep_max_side is None and requests:
+        if p.keep_max_side is None:
             update["keep_max_side"] = max(r.max_side for r in requests)
         return p.model_copy(update=update) if update else p
 
-    def keep_request(self) -> FrameRequest | None:
+    def keep_requests(self) -> list[FrameRequest]:
+        """The levels of frames this stage keeps per clip, smallest first (none: no later stage reads frames)."""
         p = self.params
-        if not p.keep_fps:
-            return None
-        return FrameRequest(p.keep_fps, p.keep_max_side or 512)
+        if p.keep_fps:
+            return [FrameRequest(p.keep_fps, p.keep_max_side or 512)]
+        return frame_levels(p.keep_levels)
 
     def _detector(self):
         p = self.params
@@ -124,6 +134,35 @@ class ScenesStage(Stage):
             n = math.ceil(length / max_s - 1e-9)
         step = length / n
         return [(start_s + i * step, end_s if i == n - 1 else start_s + (i + 1) * step) for i in range(n)]
+
+
+def frame_levels(requests: list[FrameRequest]) -> list[FrameRequest]:
+    """Requests of one size share their frames, kept at the highest rate asked at that size; smallest first."""
+    fps_by_side: dict[int, float] = {}
+    for r in requests:
+        fps_by_side[r.max_side] = max(r.fps, fps_by_side.get(r.max_side, 0.0))
+    return [FrameRequest(fps, side) for side, fps in sorted(fps_by_side.items())]
+
+
+class _KeptLevel:
+    """One size of kept frames while a video decodes: its sampling grid, frame size and the frames not yet in an
+    emitted clip."""
+
+    def __init__(self, request: FrameRequest, size: tuple[int, int]):
+        self.request, self.size = request, size
+        self.grid = FrameGrid(request.fps)
+        self.pending: list[tuple[int, np.ndarray]] = []  # (frame index, image)
+
+    def resample(self, starts: list[float]) -> None:
+        """After a re-timing, keep only the frames the grid takes at their new times (frames it now would take
+        instead were not converted; this happens once per video, within its first frames in practice)."""
+        self.grid = FrameGrid(self.request.fps)
+        self.pending = [(i, image) for i, image in self.pending if self.grid.take(starts[i])]
+
+    def take_until(self, last: int) -> list[tuple[int, np.ndarray]]:
+        taken = [(i, image) for i, image in self.pending if i < last]
+        self.pending = self.pending[len(taken):]
+        return taken
 
 
 class _Timeline:
@@ -195,9 +234,8 @@ class _VideoSplitter:
     def __init__(self, stage: ScenesStage, clip: Clip):
         self.stage, self.source, self.params = stage, clip, stage.params
         self.next_index = 0
-        self.kept: list[tuple[int, np.ndarray]] = []  # (frame index, image) of kept frames not yet emitted
+        self.levels: list[_KeptLevel] = []  # the sizes of frames kept for later stages
         self.timeline: _Timeline | None = None
-        self.keep_grid: FrameGrid | None = None
         self.next_frame = 0  # the first frame of the next clip
         self.emitted_until_s = clip.start_s  # where the last emitted clip ended
         self.scene_start_frame = 0
@@ -223,7 +261,6 @@ class _VideoSplitter:
         return rest
 
     def _decode(self) -> Iterator[Clip]:
-        keep = self.stage.keep_request()
         with open_video(self.source.video_uri) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
@@ -234,19 +271,21 @@ class _VideoSplitter:
             factor = max(1.0, ctx.width / self.params.detect_width)
             detect_w, detect_h = max(1, round(ctx.width / factor)), max(1, round(ctx.height / factor))
             converter = FrameConverter()
-            keep_size = _keep_size(ctx.width, ctx.height, self._sar(stream), keep.max_side) if keep else None
+            self.levels = [_KeptLevel(r, _keep_size(ctx.width, ctx.height, self._sar(stream), r.max_side))
+                           for r in self.stage.keep_requests()]
             detector = self.stage._detector()
             detection_input = _detection_input(detector, converter, detect_w, detect_h)
             self.latency_s = max(self.stage.CUT_LATENCY_S, (getattr(detector, "latency_frames", 0) + 1) / fps)
-            self.keep_grid = FrameGrid(keep.fps) if keep else None
             index = -1
             for index, frame in enumerate(container.decode(stream)):
-                if timeline.add(frame, self.next_frame) and self.keep_grid:
-                    self._resample_kept(keep.fps)
+                if timeline.add(frame, self.next_frame):
+                    for level in self.levels:
+                        level.resample(timeline.starts)
                 cuts = detector.process_frame(FrameTimecode(index, fps), detection_input(frame))
-                if self.keep_grid and self.keep_grid.take(timeline.starts[index]):
-                    image = converter.kept_image(frame, keep_size[0], keep_size[1])
-                    self.kept.append((index, _rotate(image, frame.rotation)))
+                for level in self.levels:
+                    if level.grid.take(timeline.starts[index]):
+                        image = converter.kept_image(frame, *level.size)
+                        level.pending.append((index, _rotate(image, frame.rotation)))
                 for cut in cuts:
                     yield from self._close_scene(cut.frame_num)
                 yield from self._emit_long_scene_windows(index)
@@ -257,12 +296,6 @@ class _VideoSplitter:
             for cut in detector.post_process(FrameTimecode(index, fps)):
                 yield from self._close_scene(cut.frame_num)
             yield from self._close_scene(len(timeline))
-
-    def _resample_kept(self, keep_fps: float) -> None:
-        """After a re-timing, keep only the kept frames the grid takes at their new times (frames it now would take
-        instead were not converted; this happens once per video, within its first frames in practice)."""
-        self.keep_grid = FrameGrid(keep_fps)
-        self.kept = [(i, image) for i, image in self.kept if self.keep_grid.take(self.timeline.starts[i])]
 
     @staticmethod
     def _sar(stream) -> float:
@@ -315,13 +348,11 @@ class _VideoSplitter:
         timeline = self.timeline
         start_s, end_s = timeline.starts[first], timeline.end_of(last - 1)
         clip = self._new_clip(start_s, end_s)
-        frames = [(timeline.starts[i], image) for i, image in self.kept if i < last]
-        self.kept = [(i, image) for i, image in self.kept if i >= last]
+        taken = [level.take_until(last) for level in self.levels]
         self.next_frame, self.emitted_until_s = last, end_s
         too_short = end_s - start_s < self.params.min_clip_s
-        if frames and not too_short:
-            clip.frame_times = [t for t, _ in frames]
-            clip.frames = np.stack([image for _, image in frames])
+        if any(taken) and not too_short:
+            _attach_frames(clip, timeline.starts, self.levels, taken)
         self.stage.set(clip, scene_index=self.scene_index, start_frame=first, end_frame=last,
                        frame_count=last - first, kept_frame_times=list(clip.frame_times))
         if too_short:
@@ -332,6 +363,21 @@ class _VideoSplitter:
         clip = self.source.derive(clip_index=self.next_index, start_s=start_s, end_s=end_s)
         self.next_index += 1
         return clip
+
+
+def _attach_frames(clip: Clip, starts: list[float], levels: list[_KeptLevel],
+                   taken: list[list[tuple[int, np.ndarray]]]) -> None:
+    """A clip's kept frames: one level as `frames`; several as `frame_levels`, indexed into the times of all."""
+    if len(levels) == 1:
+        clip.frame_times = [starts[i] for i, _ in taken[0]]
+        clip.frames = np.stack([image for _, image in taken[0]])
+        return
+    frame_indices = sorted({i for frames in taken for i, _ in frames})
+    position = {frame: k for k, frame in enumerate(frame_indices)}
+    clip.frame_times = [starts[i] for i in frame_indices]
+    clip.frame_levels = [FrameLevel(level.request.max_side, [position[i] for i, _ in frames],
+                                    np.stack([image for _, image in frames]))
+                         for level, frames in zip(levels, taken) if frames]
 
 
 def _stream_span(container, stream) -> tuple[float | None, float | None]:
@@ -354,7 +400,7 @@ class FrameConverter:
 
     def __init__(self):
         self._full = VideoReformatter()
-        self._kept = VideoReformatter()
+        self._kept: dict[tuple[int, int], VideoReformatter] = {}  # one per kept size: each keeps its own context
 
     def detection_image(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
         """Exactly what PySceneDetect scores: the full frame in BGR, then cv2's linear resize.
@@ -376,7 +422,8 @@ class FrameConverter:
     def kept_image(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
         """A frame for later stages: RGB, scaled by swscale in one pass (its bilinear filter widens when it
         shrinks, so it does not alias)."""
-        return self._kept.reformat(frame, width=width, height=height, format="rgb24",
+        reformatter = self._kept.setdefault((width, height), VideoReformatter())
+        return reformatter.reformat(frame, width=width, height=height, format="rgb24",
                                    interpolation="BILINEAR", threads=1).to_ndarray()
 
 

@@ -116,8 +116,12 @@ def test_requirements_are_checked_by_stage_or_column_with_one_line():
 def test_frame_requests_reach_the_provider_without_naming_it():
     recipe = build_recipe({"stages": {"probe": {}, "scenes": {}, "ocr": {"fps": 2, "max_side": 640},
                                       "motion": {"fps": 4, "working_side": 256}}})
-    scenes = recipe.stages[1].params
-    assert (scenes.keep_fps, scenes.keep_max_side) == (4, 640)
+    scenes = recipe.stages[1].build()
+    # one level per requested size (its own rate); a recipe that fixes keep_fps keeps one level for all
+    assert scenes.keep_requests() == [FrameRequest(4, 256), FrameRequest(2, 640)]
+    fixed = build_recipe({"stages": {"probe": {}, "scenes": {"keep_fps": 3}, "ocr": {"fps": 2, "max_side": 640},
+                                     "motion": {"fps": 4, "working_side": 256}}})
+    assert fixed.stages[1].build().keep_requests() == [FrameRequest(3, 640)]
 
 
 # -- rule helpers and isolation --------------------------------------------------------------------------------------

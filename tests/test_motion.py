@@ -185,7 +185,7 @@ def test_static_and_moving_generated_videos(tmp_path):
 
 def test_recipe_asks_scenes_for_motion_frames():
     recipe = build_recipe({"stages": {"probe": {}, "scenes": {}, "motion": {"fps": 4, "working_side": 256}}})
-    scenes = recipe.stages[1].build().keep_request()
+    (scenes,) = recipe.stages[1].build().keep_requests()
     assert (scenes.fps, scenes.max_side) == (4, 256)
 
 

@@ -140,7 +140,8 @@ def real_windows(shared_videos, blazepose_models):
             [Clip(video_id=name, video_uri=str(shared_videos / name), shard_id="s")]))))
         clips = [c for c in clips if c.alive]
         copies = [Clip(video_id=c.video_id, video_uri=c.video_uri, shard_id="s", clip_index=c.clip_index,
-                       start_s=c.start_s, end_s=c.end_s, frames=c.frames, frame_times=list(c.frame_times))
+                       start_s=c.start_s, end_s=c.end_s, frames=c.frames, frame_times=list(c.frame_times),
+                       frame_levels=list(c.frame_levels))
                   for c in clips]
         with_pose = list(motion.iter_process(list(pose.iter_process(clips))))
         out[name] = (with_pose, list(without_pose.iter_process(copies)))

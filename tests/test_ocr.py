@@ -210,5 +210,5 @@ def test_recipes_carry_ocr():
     quick = load_recipe("quickstart")
     assert "ocr" in quick.stage_names()
     recipe = build_recipe({"stages": {"probe": {}, "scenes": {}, "ocr": {}}})
-    request = recipe.stages[1].build().keep_request()
+    (request,) = recipe.stages[1].build().keep_requests()
     assert (request.fps, request.max_side) == (1.0, 960)

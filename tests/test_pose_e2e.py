@@ -10,6 +10,7 @@ import fixtures_models as fm
 import media
 from pipeline.clip import Clip
 from pipeline.recipe import build_recipe
+from pipeline.stage import FrameRequest
 
 RULES = dict(min_single_person_ratio=0.9, min_visible_keypoints=12, min_motion=0.05)
 
@@ -40,7 +41,7 @@ def square_at(frame_index: int, width: int = 320, height: int = 240) -> tuple[in
 def through_scenes(path, **pose_params) -> list[Clip]:
     recipe = build_recipe({"stages": {"probe": {}, "scenes": {"min_clip_s": 1.0}, "pose": {**RULES, **pose_params}}})
     probe, scenes, pose = (s.build() for s in recipe.stages)
-    assert (scenes.params.keep_fps, scenes.params.keep_max_side) == (5.0, 640)  # pose's frame request
+    assert scenes.keep_requests() == [pose.frame_request()] == [FrameRequest(5.0, 640)]
     pose.preflight()
     clips = list(probe.process([Clip(video_id="v", video_uri=str(path), shard_id="s")]))
     clips = list(scenes.iter_process(clips))

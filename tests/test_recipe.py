@@ -62,7 +62,7 @@ def test_dataset_recipes_caption_cross_verify_and_annotate_and_skip_leaves_a_sta
 def test_scenes_keeps_union_of_later_requests_only_when_asked():
     recipe = build_recipe({"stages": {"probe": {}, "scenes": {}}})
     scenes = recipe.stages[1].build()
-    assert scenes.keep_request() is None  # nothing downstream reads frames: none are kept
+    assert scenes.keep_requests() == []  # nothing downstream reads frames: none are kept
     explicit = build_recipe({"stages": {"probe": {}, "scenes": {"keep_fps": 2, "keep_max_side": 320}}})
-    request = explicit.stages[1].build().keep_request()
+    (request,) = explicit.stages[1].build().keep_requests()
     assert (request.fps, request.max_side) == (2, 320)

@@ -12,7 +12,7 @@ import media
 from pipeline.clip import Clip
 from pipeline.executor import StageRunner, decode_clips, source_row
 from pipeline.plan import PlannedVideo
-from pipeline.stage import Stage
+from pipeline.stage import FrameRequest, Stage
 from stages.probe import ProbeParams, ProbeStage
 from stages.scenes import ScenesParams, ScenesStage
 
@@ -65,11 +65,16 @@ def test_variable_frame_rate_uses_timestamps(tmp_path):
     assert len(kept) == 10 and all(b - a >= 0.2 - 1e-6 for a, b in zip(kept, kept[1:]))
 
 
-def test_long_video_memory_stays_bounded(tmp_path):
+@pytest.mark.parametrize("keep, bytes_per_s", [
+    ({"keep_fps": 4, "keep_max_side": 320}, 4 * 320 * 180 * 3),
+    # several levels (stages asking for different sizes) keep the same bound
+    ({"keep_levels": [FrameRequest(4, 160), FrameRequest(2, 320)]}, 4 * 160 * 90 * 3 + 2 * 320 * 180 * 3),
+])
+def test_long_video_memory_stays_bounded(tmp_path, keep, bytes_per_s):
     """A 5-minute single scene: frames of at most ~two windows are held at once, whatever the length."""
     path = media.make_long_video(tmp_path / "long.mp4", 300, fps=25, width=320, height=180)
     clip = probe(path)
-    stage = ScenesStage(ScenesParams(keep_fps=4, keep_max_side=320, max_clip_s=10.0))
+    stage = ScenesStage(ScenesParams(**keep, max_clip_s=10.0))
     tracemalloc.start()
     total_frame_bytes, count = 0, 0
     for out in stage.iter_process([clip]):
@@ -78,8 +83,8 @@ def test_long_video_memory_stays_bounded(tmp_path):
         out.drop_frames()  # a consumer (the executor) ships each clip on as soon as it arrives
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert count == 30 and total_frame_bytes == 300 * 4 * 320 * 180 * 3
-    window_bytes = 10 * 4 * 320 * 180 * 3
+    assert count == 30 and total_frame_bytes == 300 * bytes_per_s
+    window_bytes = 10 * bytes_per_s
     assert peak < 4 * window_bytes < total_frame_bytes / 7
 
 

@@ -90,11 +90,11 @@ async def clip_span(clip: Clip, params: VlmParams, io) -> Frames:
 
 
 def encode_frames(clip: Clip, indices: list[int], max_side: int, quality: int) -> Frames:
-    if clip.frames is None or not indices:
+    if not clip.frame_bytes or not indices:
         raise CaptionFailed("the clip has no kept frames to send")
     jpegs = []
     for i in indices:
-        frame = clip.frames[i]
+        frame = clip.frame_image(i, max_side)
         h, w = frame.shape[:2]
         if max(h, w) > max_side:
             scale = max_side / max(h, w)

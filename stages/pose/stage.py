@@ -103,7 +103,8 @@ class _Work:
     """One clip's state inside a batch."""
 
     clip: Clip
-    index: np.ndarray | None = None  # analysed frames: indices into clip.frames
+    index: np.ndarray | None = None  # analysed frames: indices into clip.frame_times
+    images: list[np.ndarray] | None = None  # the analysed frames, at the size pose asked for
     persons: list[ops.FramePersons] | None = None
     counts: list[int] | None = None
 
@@ -217,15 +218,16 @@ class PoseStage(Stage):
         if not sample:
             self.reject(w.clip, "no_frames", 0, 1)
         w.index = np.asarray(sample.indices, np.int64)
+        w.images = list(sample.images)
 
     # -- detection -------------------------------------------------------------------------------------------------
     def _detect(self, work: list[_Work]) -> None:
-        frames = [w.clip.frames[i] for w in work for i in w.index]
+        frames = [image for w in work for image in w.images]
         found = self.detector.detect(frames, self.params)
         at = 0
         p = self.params
         for w in work:
-            h, wd = w.clip.frames.shape[1:3]
+            h, wd = w.images[0].shape[:2]
             area = float(h * wd)
             w.persons, w.counts = [], []
             for boxes, scores in found[at:at + len(w.index)]:
@@ -240,7 +242,7 @@ class PoseStage(Stage):
 
     def _detection_rules(self, w: _Work) -> bool:
         p, clip = self.params, w.clip
-        h, wd = clip.frames.shape[1:3]
+        h, wd = w.images[0].shape[:2]
         counts = np.asarray(w.counts)
         largest = [float(ops.box_area(fp.boxes).max() / (h * wd)) if len(fp) else 0.0 for fp in w.persons]
         single = float(np.mean(counts == 1))
@@ -269,14 +271,14 @@ class PoseStage(Stage):
 
     # -- pose ------------------------------------------------------------------------------------------------------
     def _estimate(self, work: list[_Work]) -> None:
-        jobs = [(w.clip.frames[i], fp) for w in work for i, fp in zip(w.index, w.persons)]
+        jobs = [(image, fp) for w in work for image, fp in zip(w.images, w.persons)]
         self.pose.estimate(jobs, self.params)
 
     def _pose_measures(self, w: _Work) -> bool:
         p, clip = self.params, w.clip
         persons = w.persons
         n = len(persons)
-        h, wd = clip.frames.shape[1:3]
+        h, wd = w.images[0].shape[:2]
         times = np.asarray([clip.frame_times[i] for i in w.index], np.float64)
         thr = p.keypoint_threshold
         main = [ops.person_of(fp, 0) for fp in persons]
@@ -290,7 +292,7 @@ class PoseStage(Stage):
                 kpts[t], kscores[t], boxes[t] = fp.keypoints[m], fp.keypoint_scores[m], fp.boxes[m]
         visible = (kscores[:, :ops.BODY] > thr).sum(axis=1)
 
-        frames = clip.frames[w.index] if p.camera_compensation == "background" else None
+        frames = np.stack(w.images) if p.camera_compensation == "background" else None
         affines = ops.camera_affines(frames, persons, p.camera_compensation, thr)
         steps = [ops.step_motion(persons[t], persons[t + 1], 0, affines[t], times[t + 1] - times[t], thr)
                  for t in range(n - 1)]
