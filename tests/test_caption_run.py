@@ -141,7 +141,8 @@ def test_kill_resume_and_redo_errors_pay_for_no_call_twice(videos, tmp_path):
     assert costs["caption"]["clips"] == 8 and costs["mome"]["prompt_tokens"] > 0 and costs["caption"]["cached_clips"]
     # paid by the runs that wrote the rows: a cached caption cost nothing; mome's calls less its cached ones
     assert costs["caption"]["paid_calls"] == sum(not r["caption_cached"] for r in rows) < 8
-    assert 0 < costs["mome"]["paid_calls"] == sum(r["mome_calls"] - r["mome_cached_calls"] for r in rows) < 24
+    # (at most 8 clips x 3 calls: whether any mome call had finished before the kill depends on the kill's timing)
+    assert 0 < costs["mome"]["paid_calls"] == sum(r["mome_calls"] - r["mome_cached_calls"] for r in rows) <= 24
     assert all(costs[s]["output_tokens_per_s"] > 0 for s in ("caption", "mome"))
     # the key is nowhere under OUT and in no output line
     for path in out.rglob("*"):
