@@ -377,11 +377,16 @@ def main(argv: list[str] | None = None) -> None:
     # one thread per connection, all sleeping out the latency: with the default 5 ms GIL switch interval a
     # hundred of them queue for the GIL and the server, not the client under test, sets the pace
     sys.setswitchinterval(0.0002)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 1024
+    server = _Server(("127.0.0.1", args.port), Handler)
     print(f"PORT {server.server_address[1]}", flush=True)
     server.serve_forever()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # the listen backlog is read when the constructor binds: a class attribute, not one set afterwards (the default
+    # 5 drops most of 256 simultaneous connects, whose SYNs are then resent after 1 s, 3 s, ...)
+    request_queue_size = 1024
 
 
 class VlmServer:
