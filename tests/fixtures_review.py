@@ -41,3 +41,15 @@ if __name__ == "__main__":  # python tests/fixtures_review.py DIR: a run to try 
     import sys
 
     print(make_review_run(Path(sys.argv[1])))
+
+
+def assert_shown_as_in_report(shown: list, report: dict) -> None:
+    """Each (JSON path, text) the report page shows equals the audit's value at that path, formatted as the page
+    formats it: the page can show no number the audit does not compute."""
+    from manifests.audit import _fmt
+
+    for key, text in shown:
+        value = report
+        for part in key.split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        assert text == _fmt(value), key

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fixtures_review import assert_shown_as_in_report
 from manifests import reviews
 from manifests.clip_index import ClipIndex, Filters
 from pipeline.storage import Store
@@ -205,7 +206,7 @@ def test_html_report_is_self_contained_and_its_numbers_are_the_json(big_out, tmp
     """Without a browser: no external resource, and every number tagged with its JSON path equals the report's."""
     import re
 
-    from manifests.audit import _fmt, audit
+    from manifests.audit import audit
     from manifests.report import write_report
 
     path = tmp_path / "r.html"
@@ -215,11 +216,7 @@ def test_html_report_is_self_contained_and_its_numbers_are_the_json(big_out, tmp
     assert not re.search(r"""(src|href)=['"]?(https?:)?//""", page) and "<link" not in page
     tagged = re.findall(r"<span data-k='([^']+)'>([^<]*)</span>", page)
     assert len(tagged) > 20
-    for key, text in tagged:
-        value = report
-        for part in key.split("."):
-            value = value[int(part)] if isinstance(value, list) else value[part]
-        assert text == _fmt(value), key
+    assert_shown_as_in_report(tagged, report)
     embedded = re.search(r"<script type='application/json' id='audit-json'>(.*?)</script>", page, re.S).group(1)
     assert json.loads(embedded) == json.loads(json.dumps(report))
     assert page.count("class='chart hist'") == len(report["scores"]) >= 5

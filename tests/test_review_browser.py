@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fixtures_review import make_review_run
+from fixtures_review import assert_shown_as_in_report, make_review_run
 from manifests.clip_index import Filters
 
 pytestmark = pytest.mark.slow
@@ -130,7 +130,6 @@ def test_review_filter_play_verdict_by_keyboard_and_persisted(browser, server):
 def test_html_report_renders_charts_and_matches_audit_json(browser, run_out, tmp_path):
     import cv2
 
-    from manifests.audit import _fmt
     from pipeline.cli import main
 
     html_file = tmp_path / "report.html"
@@ -143,11 +142,7 @@ def test_html_report_renders_charts_and_matches_audit_json(browser, run_out, tmp
     # every number on the page carries its JSON path: it must equal `audit --json`
     shown = page.eval_on_selector_all("[data-k]", "els => els.map(e => [e.dataset.k, e.textContent])")
     assert len(shown) > 30
-    for key, text in shown:
-        value = report
-        for part in key.split("."):
-            value = value[int(part)] if isinstance(value, list) else value[part]
-        assert text == _fmt(value), key
+    assert_shown_as_in_report(shown, report)
     # charts are drawn: screenshots of them are not blank
     charts = ["#chart-funnel", "#chart-reasons", "#chart-errors", "#chart-throughput", "#chart-sources"]
     for sel in charts + ["svg.hist >> nth=0"]:
