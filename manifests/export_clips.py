@@ -18,7 +18,7 @@ from fractions import Fraction
 
 import av
 
-from pipeline.video import open_video
+from pipeline.video import open_video, remux_to_mp4
 
 # Fixed encoder settings: same input, same bytes (mbtree off and one thread, see tests/media.py on x264's
 # run-to-run differences); crf 18 keeps the clip visually close to its source.
@@ -127,14 +127,5 @@ def _copy(uri: str, start_s: float, end_s: float, expected_frames: int | None) -
             return None, "frames of the span depend on frames outside it"
         if expected_frames is not None and n_inside != expected_frames:
             return None, f"{n_inside} packets for {expected_frames} frames"
-        buf = io.BytesIO()
-        with av.open(buf, "w", format="mp4", options=BITEXACT) as out:
-            ostream = out.add_stream_from_template(stream)
-            shift = key.pts
-            for packet in collected[:n_inside]:
-                packet.pts -= shift
-                if packet.dts is not None:
-                    packet.dts -= shift
-                packet.stream = ostream
-                out.mux(packet)
-    return ClipFile(buf.getvalue(), "copy", n_inside), ""
+        data = remux_to_mp4(stream, collected[:n_inside], key.pts)
+    return ClipFile(data, "copy", n_inside), ""

@@ -323,7 +323,8 @@ def run_in_process(recipe: Recipe, videos: list[PlannedVideo], counter: StageCou
     next (a plain script's loop). For runs too small to repay Ray's fixed cost (a local Ray and one worker process
     per stage cost seconds of CPU before the first clip). The same StageRunners as on Ray, so the same rows; a long
     video still streams through in parts. A crash in native code ends the run, not just its video (no worker
-    isolation): committed shards stay, and `--executor ray` isolates each worker."""
+    isolation): committed shards stay, and the next `auto` run on that OUT takes Ray (pipeline.run.LOCAL_RUN_MARK),
+    whose workers isolate the crashing video."""
     plan_resources(recipe.stages, [this_machine()])  # a stage that needs a GPU fails here, in one line
     # The environment Ray gives a 1-CPU worker (OMP_NUM_THREADS=1), which stages that size thread pools read.
     set_threads = "OMP_NUM_THREADS" not in os.environ

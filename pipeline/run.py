@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import resource
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -139,8 +140,6 @@ def use_in_process(opts: RunOptions, pending_videos: int, store: Store | None = 
         return False
     if store is not None and store.exists(LOCAL_RUN_MARK):
         return False
-    import sys
-
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # a Ray already running here (tests share one)
         return False
     return not glob.glob("/dev/nvidia[0-9]*")  # a GPU machine: stages may take their GPU share through Ray

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import av
 
 from pipeline.storage import open_input
@@ -19,6 +21,21 @@ def open_video(uri: str) -> av.container.InputContainer:
         raise IsADirectoryError(f"is a directory, not a video file: {uri}") from None
     except av.error.FFmpegError as exc:
         raise VideoOpenError(f"not a readable video container ({exc.strerror or exc})") from None
+
+
+def remux_to_mp4(stream, packets: list, first_pts: int) -> bytes:
+    """The packets of one video stream stream-copied (no re-encode) into an MP4 in memory, their times rebased so the
+    file starts at `first_pts` = 0. Bit-exact (no creation time, no encoder string): the same packets give the same
+    bytes, which call keys and byte-identical exports rely on."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4", options={"fflags": "+bitexact"}) as out:
+        target = out.add_stream_from_template(stream)
+        for packet in packets:
+            packet.stream = target
+            packet.pts = None if packet.pts is None else packet.pts - first_pts
+            packet.dts = None if packet.dts is None else packet.dts - first_pts
+            out.mux(packet)
+    return buffer.getvalue()
 
 
 class VideoOpenError(Exception):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import av
 
-from pipeline.video import open_video
+from pipeline.video import open_video, remux_to_mp4
 
 
 class SpanError(Exception):
@@ -70,16 +70,7 @@ def copy_span(uri: str, start_s: float, end_s: float, fps: float) -> Span:
         if not packets:
             raise SpanError(f"no video packets between {start_s:.3f} s and {end_s:.3f} s of {uri}")
         copy_start = float(first_key * base)
-        buffer = io.BytesIO()
-        # no creation time is written: the same span gives the same bytes, hence the same call key
-        with av.open(buffer, "w", format="mp4", options={"fflags": "+bitexact"}) as out:
-            target = out.add_stream_from_template(stream)
-            for packet in packets:  # rebased so the copy starts at 0: the offsets are the file's own times
-                packet.stream = target
-                packet.pts = None if packet.pts is None else packet.pts - first_key
-                packet.dts = None if packet.dts is None else packet.dts - first_key
-                out.mux(packet)
-        data = buffer.getvalue()
+        data = remux_to_mp4(stream, packets, first_key)  # the copy starts at 0: the offsets are the file's times
     start_offset = max(0.0, start_s - copy_start) + _file_start(data)
     end_offset = start_offset + (end_s - max(start_s, copy_start))
     meta = {"start": round(start_offset, 3), "end": round(end_offset, 3), "fps": fps}
