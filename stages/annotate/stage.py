@@ -27,8 +27,8 @@ from pipeline.clip import Clip
 from pipeline.resources import prompt_text
 from pipeline.stage import FrameRequest
 from stages.annotate.drafts import DRAFTS, DifferenceDraft, PoseDraft, blind_answers
-from stages.annotate.qa import (Dropped, choice_violation, drop_duplicates, shuffle_options,
-                                true_false)
+from stages.annotate.qa import (MAX_SEQUENCE_OPTION_WORDS, Dropped, choice_violation, drop_duplicates,
+                                shuffle_options, true_false)
 from stages.caption.caller import BLOCKED, ERROR, SUCCESS, TRUNCATED, CallResult
 from stages.caption.client import EndpointParams
 from stages.caption.stage import VlmParams, VlmStage, encode_frames
@@ -59,7 +59,7 @@ class AnnotateParams(VlmParams):
     # this Jaccard index are near-duplicates: the later one is dropped. 0.8 [P]: rewordings ("What does the man
     # do with his left hand?" / "...with the left hand?") pass it, a change of body part or person does not.
     near_duplicate: float | None = Field(0.8, gt=0, le=1)
-    max_sequence_option_words: int = Field(15, ge=1)  # HAIC's Action Sequence options [E1]
+    max_sequence_option_words: int = Field(MAX_SEQUENCE_OPTION_WORDS, ge=1)  # HAIC's Action Sequence options [E1]
 
     @model_validator(mode="after")
     def _caption_only(self) -> "AnnotateParams":
