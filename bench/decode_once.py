@@ -9,7 +9,7 @@ It also checks that our cut frames agree with PySceneDetect's within CUT_TOLERAN
 Inputs are the shared real clips (--videos) plus generated longer videos, written once into --cache and reused.
 The last printed line is one JSON object with ratio_vs_decode and ratio_vs_scenedetect (sums of CPU seconds).
 
-    .venv/bin/python bench/decode_once.py [--quick] [--repeats N] [--no-opencv]
+    .venv/bin/python bench/decode_once.py [--quick] [--repeats N] [--no-opencv] [--detect-input exact|sampled]
 """
 
 from __future__ import annotations
@@ -348,6 +348,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one short generated video, one repeat")
     parser.add_argument("--repeats", type=int, help="runs per measurement, best kept (default 3, --quick 1)")
     parser.add_argument("--no-opencv", dest="opencv", action="store_false", help="skip scenedetect's opencv backend")
+    parser.add_argument("--detect-input", choices=["exact", "sampled"], default="exact",
+                        help="ScenesParams.detect_input of ours (exact: PySceneDetect's own image)")
     args = parser.parse_args()
     versions = code_versions()  # now, as the stages were imported: an edit during the run must not relabel it
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -356,7 +358,8 @@ def main() -> None:
 
     inputs = [(p, None) for p in shared_videos(args.videos)]
     inputs += generated_videos(GENERATED_QUICK if args.quick else GENERATED, args.cache)
-    probe, scenes = ProbeStage(), ScenesStage(OURS_PARAMS)
+    probe = ProbeStage()
+    scenes = ScenesStage(OURS_PARAMS.model_copy(update={"detect_input": args.detect_input}))
     probe.setup()
     scenes.setup()
     smallest = min((p for p, _ in inputs), key=lambda p: p.stat().st_size)
@@ -382,6 +385,7 @@ def main() -> None:
         "ratio_vs_decode": round(totals["ratio_vs_decode"], 4),
         "ratio_vs_scenedetect": round(totals["ratio_vs_scenedetect"], 4),
         "scenedetect_backend": "pyav",
+        "detect_input": args.detect_input,
         "repeats": args.repeats,
         "statistic": "min",
         "cpus": os.cpu_count(),

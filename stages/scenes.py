@@ -44,8 +44,14 @@ class ScenesParams(StageParams):
     # TransNetV2: a frame whose single-frame transition probability exceeds this is a transition frame (the model's
     # own default); the cut is at the first frame after a run of transition frames.
     transnet_threshold: float = 0.5
-    # PySceneDetect downscales to about 256 px wide before scoring; the same here, done by the decoder's scaler.
+    # PySceneDetect downscales to about 256 px wide before scoring; the same here.
     detect_width: int = 256
+    # content/adaptive: how the scored image is made. "exact": PySceneDetect's own (the whole frame to BGR, then
+    # cv2's linear resize), identical scores. "sampled": the YUV planes sampled at the scored size, then converted
+    # by the frame's colour matrix: a third of exact's CPU (probe+scenes 1.36x a plain decode against 1.58x), but
+    # pixels off by 1 move scores at fades to black by up to 8, and cuts there appear or go
+    # (pyscenedetect_testvideo.mp4: 358 and 691 added); bench/decode_once.py --detect-input sampled.
+    detect_input: Literal["exact", "sampled"] = "exact"
     # Clip length bounds; scenes longer than max_clip_s are split into equal windows, shorter than min rejected.
     min_clip_s: float = 0.0
     max_clip_s: float | None = None
@@ -270,7 +276,7 @@ class _VideoSplitter:
             # PySceneDetect's own downscale: factor width/detect_width, sides rounded.
             factor = max(1.0, ctx.width / self.params.detect_width)
             detect_w, detect_h = max(1, round(ctx.width / factor)), max(1, round(ctx.height / factor))
-            converter = FrameConverter()
+            converter = FrameConverter(sampled=self.params.detect_input == "sampled")
             self.levels = [_KeptLevel(r, _keep_size(ctx.width, ctx.height, self._sar(stream), r.max_side))
                            for r in self.stage.keep_requests()]
             detector = self.stage._detector()
@@ -394,24 +400,73 @@ def _stream_span(container, stream) -> tuple[float | None, float | None]:
     return start, end
 
 
+# What cv2.transform needs to turn (Y, U, V) into the BGR that swscale gives for a frame's colour space: Kr and Kb
+# by AVColorSpace (unspecified is swscale's default, BT.601); others (FCC, SMPTE 240M, YCgCo, RGB) go the exact way.
+_LUMA_COEFFICIENTS = {1: (0.2126, 0.0722), 2: (0.299, 0.114), 5: (0.299, 0.114), 6: (0.299, 0.114),
+                      9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
+_AVCOL_RANGE_JPEG = 2
+
+
+def yuv_to_bgr_matrix(kr: float, kb: float, full_range: bool) -> np.ndarray:
+    """The 3x4 affine map (Y, U, V, 1) -> (B, G, R) of one colour space and range."""
+    kg = 1.0 - kr - kb
+    y_scale, c_scale, y_offset = (1.0, 1.0, 0) if full_range else (255 / 219, 255 / 224, 16)
+    linear = np.array([[y_scale, c_scale * 2 * (1 - kb), 0.0],
+                       [y_scale, -c_scale * 2 * kb * (1 - kb) / kg, -c_scale * 2 * kr * (1 - kr) / kg],
+                       [y_scale, 0.0, c_scale * 2 * (1 - kr)]])
+    offset = -linear @ np.array([y_offset, 128, 128])
+    return np.hstack([linear, offset[:, None]]).astype(np.float32)
+
+
 class FrameConverter:
     """Frame to downscaled BGR/RGB ndarray, reusing swscale contexts per video (single-threaded: the decoder
     already uses the cores, and a context per frame costs more than the conversion)."""
 
-    def __init__(self):
+    def __init__(self, sampled: bool = False):
+        self.sampled = sampled
         self._full = VideoReformatter()
         self._kept: dict[tuple[int, int], VideoReformatter] = {}  # one per kept size: each keeps its own context
+        self._matrices: dict[tuple, np.ndarray | None] = {}
 
     def detection_image(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+        """The image the content/adaptive detector scores (ScenesParams.detect_input)."""
+        if self.sampled:
+            matrix = self._matrix(frame)
+            if matrix is not None:
+                return self.sampled_image(frame, width, height, matrix)
+        return self.exact_image(frame, width, height)
+
+    def exact_image(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
         """Exactly what PySceneDetect scores: the full frame in BGR, then cv2's linear resize.
 
-        Cheaper orders (resize the YUV planes first, or let swscale scale) shift near-black colours enough to
-        move cuts at fades; converting only the pixels the resize picks is exact but measured slower here.
+        Cheaper orders that stay exact were measured and are not cheaper: converting only the pixels cv2's resize
+        reads (numpy gathers), or only its rows (a yuv422p sub-frame, also not exact on two of the clips).
         """
         image = self._full.reformat(frame, format="bgr24", threads=1).to_ndarray()
         if (width, height) != (frame.width, frame.height):
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
         return image
+
+    @staticmethod
+    def sampled_image(frame: av.VideoFrame, width: int, height: int, matrix: np.ndarray) -> np.ndarray:
+        """Each plane sampled (nearest) at the scored size, then converted per pixel. Sampling before converting
+        keeps swscale's clipping per pixel (averaging first brightens near-black colours) and is the cheapest."""
+        planes = [np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
+                  for plane in frame.planes[:3]]
+        yuv = cv2.merge([cv2.resize(plane, (width, height), interpolation=cv2.INTER_NEAREST) for plane in planes])
+        return cv2.transform(yuv, matrix)
+
+    def _matrix(self, frame: av.VideoFrame) -> np.ndarray | None:
+        """The colour matrix for 8-bit planar YUV frames in a known colour space; None for the exact path."""
+        key = (frame.format.name, frame.colorspace, frame.color_range)
+        if key not in self._matrices:
+            name, colorspace, color_range = key
+            planar_8bit = name.startswith(("yuv4", "yuvj4")) and name.endswith("p") and len(frame.planes) == 3
+            coefficients = _LUMA_COEFFICIENTS.get(colorspace)
+            full_range = name.startswith("yuvj") or color_range == _AVCOL_RANGE_JPEG
+            self._matrices[key] = (yuv_to_bgr_matrix(*coefficients, full_range)
+                                   if planar_8bit and coefficients else None)
+        return self._matrices[key]
 
     def transnet_image(self, frame: av.VideoFrame) -> np.ndarray:
         """What TransNetV2 reads: the whole frame squeezed to 48x27 RGB by swscale's bicubic filter, as its
