@@ -139,6 +139,15 @@ class Clip:
         self.error_message = message[:MAX_ERROR_MESSAGE]
         self.drop_frames()
 
+    def keep_levels_for(self, sides: list[int]) -> None:
+        """Drop the levels of kept frames that no reader of these sizes would get (kept_frames' choice)."""
+        if len(self.frame_levels) < 2:
+            return
+        needed = {id(_level_for(self.frame_levels, side)) for side in sides}
+        self.frame_levels = [level for level in self.frame_levels if id(level) in needed]
+        if not self.frame_levels:
+            self.drop_frames()
+
     def drop_frames(self) -> None:
         self.frames = None
         self.frame_times = []

@@ -57,6 +57,7 @@ class StageRunner:
     """Runs one stage over a Ray batch of rows; usable without Ray (tests call it on lists of row dicts)."""
 
     def __init__(self, stage_cls: type[Stage], params: dict, strip_frames: bool = False,
+                 keep_frame_sides: list[int] | None = None,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress_actor: str | None = None,
                  context: RunContext | None = None, counter: StageCounts | None = None):
         started = time.perf_counter()
@@ -64,6 +65,7 @@ class StageRunner:
         self.stage.setup()
         setup_s = time.perf_counter() - started
         self.strip_frames = strip_frames
+        self.keep_frame_sides = keep_frame_sides
         self.chunk_bytes = chunk_bytes
         self.counter = counter  # in-process runs report here, not to an actor
         self.progress = _progress_actor(progress_actor) if progress_actor else None
@@ -97,9 +99,11 @@ class StageRunner:
             out = []
             for i in indices:
                 clips = buffers[i]
-                if self.strip_frames:
-                    for c in clips:
+                for c in clips:
+                    if self.strip_frames:
                         c.drop_frames()
+                    elif self.keep_frame_sides is not None:
+                        c.keep_levels_for(self.keep_frame_sides)
                 row = rows[i]
                 if chunkable[i]:
                     out.append(encode_row(row["shard_id"], row["video_id"], parts_sent[i], final, clips))
@@ -304,10 +308,21 @@ def build_dataset(recipe: Recipe, videos: list[PlannedVideo], progress_actor: st
 
 def stage_runner_args(recipe: Recipe, **common: Any) -> list[dict[str, Any]]:
     """Each stage's StageRunner arguments in recipe order: the Ray and the in-process executors build the same
-    runners. Frames are dropped after the last stage that reads them."""
+    runners. Frames are dropped after the last stage that reads them, and each level of kept frames after the last
+    stage that reads that size (so pose's frames do not travel on through ocr and motion)."""
     last_frame_reader = _last_frame_reader(recipe.stages)
     return [dict(stage_cls=spec.cls, params=spec.params.model_dump(), strip_frames=index >= last_frame_reader,
-                 **common) for index, spec in enumerate(recipe.stages)]
+                 keep_frame_sides=_sides_read_after(recipe.stages, index), **common)
+            for index, spec in enumerate(recipe.stages)]
+
+
+def _sides_read_after(specs: list[StageSpec], index: int) -> list[int] | None:
+    """The frame sizes the stages after `index` read; None (keep every level) when one of them may read any."""
+    later = specs[index + 1:]
+    if any(spec.cls.reads_any_level for spec in later):
+        return None
+    requests = [spec.build().frame_request() for spec in later]
+    return sorted({request.max_side for request in requests if request is not None})
 
 
 def this_machine() -> dict[str, float]:

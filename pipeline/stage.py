@@ -93,6 +93,9 @@ class Stage:
     requires: ClassVar[tuple[str, ...]] = ()
     # True for the stage that decodes videos and keeps the frames later stages read (their `frame_request`s).
     provides_frames: ClassVar[bool] = False
+    # True for a stage that may read kept frames another stage chose, from any level that holds them (the
+    # captioner's pose keyframes): the engine keeps every level until such a stage has run.
+    reads_any_level: ClassVar[bool] = False
     # True for a stage that turns one video row into clip rows (the audit counts videos before it, clips after).
     splits: ClassVar[bool] = False
     # True for a stage that loads models in setup(): it runs in a Ray actor pool, set up once per worker.

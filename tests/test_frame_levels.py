@@ -139,3 +139,37 @@ def test_levels_travel_through_the_engine_rows_and_are_dropped_after_the_last_re
         assert clip.columns["reader_times"] == [before.frame_times[i] for i in before.frame_levels[0].indices]
         assert clip.frame_bytes == 0 and clip.frame_levels == [] and clip.frames is None
 
+
+
+def test_a_level_is_dropped_after_the_last_stage_that_reads_its_size(video):
+    """ocr reads the 320 level and motion the 160 one: after ocr only motion's frames travel on, after motion none."""
+    from pipeline.executor import stage_runner_args
+
+    recipe = build_recipe({"stages": {"probe": {}, "scenes": {},
+                                      "ocr": {"fps": 1, "max_side": 320, "max_text_boxes": None,
+                                              "max_subtitle_frames": None, "max_overlay_area": None},
+                                      "motion": {"fps": 5, "working_side": 160, "min_flow": None}}})
+    args = stage_runner_args(recipe)
+    assert [a["keep_frame_sides"] for a in args] == [[160, 320], [160, 320], [160], []]
+    rows = [encode_row("s", "v", 0, True, [Clip(video_id="v", video_uri=str(video), shard_id="s")])]
+    levels_after = {}
+    for spec, runner_args in zip(recipe.stages, args):
+        rows = [r for b in StageRunner(**runner_args).run_rows(rows) for r in b]
+        clips = [c for r in rows for c in decode_clips(r["clips"])]
+        assert all(c.alive for c in clips), [(c.reject_rule, c.error_message) for c in clips]
+        levels_after[spec.name] = [sorted(level.max_side for level in c.frame_levels) for c in clips]
+    assert levels_after["scenes"] == [[160, 320]] * 2
+    assert levels_after["ocr"] == [[160]] * 2
+    assert levels_after["motion"] == [[]] * 2
+    assert all(c.columns["motion_pairs"] > 0 for c in clips)  # motion still read its frames
+
+
+def test_every_level_is_kept_until_a_stage_that_may_read_any_level_has_run():
+    """The captioner may send pose's keyframes, from pose's level: nothing is dropped before it."""
+    from pipeline.executor import _sides_read_after
+
+    recipe = build_recipe({"stages": {"probe": {}, "scenes": {}, "ocr": {"max_side": 320},
+                                      "caption": {"ground_on_pose": False}}})
+    names = [s.name for s in recipe.stages]
+    assert _sides_read_after(recipe.stages, names.index("ocr")) is None
+    assert _sides_read_after(recipe.stages, names.index("caption")) == []

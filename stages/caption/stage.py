@@ -145,6 +145,8 @@ def detected_people(clip: Clip) -> tuple[int, int] | None:
 class VlmStage(Stage):
     """Shared machinery of the model-calling stages: clients per role, the call records, the event loop."""
 
+    reads_any_level = True  # frames may be pose's keyframes (encode_frames reads them with frame_image)
+
     Params = VlmParams
     actor = True
     resources = Resources(cpus=0.5, batch_size=8)
