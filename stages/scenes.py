@@ -482,11 +482,6 @@ class FrameConverter:
                                    interpolation="BILINEAR", threads=1).to_ndarray()
 
 
-def _mean_pixel_distance(left: np.ndarray, right: np.ndarray) -> float:
-    """PySceneDetect's per-channel score, the same number (an exact integer sum), in C instead of numpy temporaries."""
-    return cv2.norm(left, right, cv2.NORM_L1) / float(left.shape[0] * left.shape[1])
-
-
 # A frame whose mean HSV saturation (0-255) is under this carries no colour: grey footage re-encoded in YUV has
 # exactly neutral chroma (0), black frames too; the least saturated colour clip in ../shared/videos averages 16.
 MONOCHROME_SATURATION = 4.0
@@ -494,39 +489,42 @@ _LUMA_WEIGHTS = ContentDetector.Components(delta_hue=0.0, delta_sat=0.0, delta_l
 
 
 class _FastScore:
-    """ContentDetector._calculate_frame_score of scenedetect 0.7.2, line for line, with the C pixel distance, and
-    luma-only scoring (PySceneDetect's `luma_only` weights) always, never, or between two colourless frames.
+    """ContentDetector._calculate_frame_score of scenedetect 0.7.2, the same numbers, with luma-only scoring
+    (PySceneDetect's `luma_only` weights) always, never, or between two colourless frames.
 
+    The three channel distances come from one absdiff and one per-channel sum over the HSV image (exact integer
+    sums, divided by the pixel count as the library does), not three channel copies and three numpy passes.
     Overridden per detector instance rather than by patching the library's module function, which would change
     PySceneDetect for the whole process; tests check the scores equal the stock detector's.
     """
 
     luma_only: bool | str = False
     _last_colourless = False
+    _last_hsv: np.ndarray | None = None
+    _last_edges: np.ndarray | None = None
 
     def _calculate_frame_score(self, timecode: FrameTimecode, frame_img: np.ndarray) -> float:
-        hue, sat, lum = cv2.split(cv2.cvtColor(frame_img, cv2.COLOR_BGR2HSV))
-        colourless = self.luma_only == "auto" and cv2.mean(sat)[0] < MONOCHROME_SATURATION
+        hsv = cv2.cvtColor(frame_img, cv2.COLOR_BGR2HSV)
+        colourless = self.luma_only == "auto" and cv2.mean(hsv)[1] < MONOCHROME_SATURATION
         calculate_edges = (self._weights.delta_edges > 0.0) or self.stats_manager is not None
-        edges = self._detect_edges(lum) if calculate_edges else None
-        if self._last_frame is None:
-            self._last_frame = ContentDetector._FrameData(hue, sat, lum, edges)
-            self._last_colourless = colourless
+        edges = self._detect_edges(cv2.extractChannel(hsv, 2)) if calculate_edges else None
+        last_hsv, last_edges = self._last_hsv, self._last_edges
+        self._last_hsv, self._last_edges = hsv, edges
+        last_colourless, self._last_colourless = self._last_colourless, colourless
+        if last_hsv is None:
             return 0.0
-        last = self._last_frame
-        components = ContentDetector.Components(
-            delta_hue=_mean_pixel_distance(hue, last.hue),
-            delta_sat=_mean_pixel_distance(sat, last.sat),
-            delta_lum=_mean_pixel_distance(lum, last.lum),
-            delta_edges=0.0 if edges is None or last.edges is None else _mean_pixel_distance(edges, last.edges),
-        )
-        luma = self.luma_only is True or (colourless and self._last_colourless)
+        pixels = float(hsv.shape[0] * hsv.shape[1])
+        hue, sat, lum, _ = cv2.sumElems(cv2.absdiff(hsv, last_hsv))
+        delta_edges = 0.0
+        if edges is not None and last_edges is not None:
+            delta_edges = cv2.norm(edges, last_edges, cv2.NORM_L1) / pixels
+        components = ContentDetector.Components(delta_hue=hue / pixels, delta_sat=sat / pixels,
+                                                delta_lum=lum / pixels, delta_edges=delta_edges)
+        luma = self.luma_only is True or (colourless and last_colourless)
         weights = _LUMA_WEIGHTS if luma else self._weights
         frame_score = sum(c * w for c, w in zip(components, weights, strict=True)) / sum(abs(w) for w in weights)
         if self.stats_manager is not None:
             self.stats_manager.set_metrics(timecode, {self.FRAME_SCORE_KEY: frame_score, **components._asdict()})
-        self._last_frame = ContentDetector._FrameData(hue, sat, lum, edges)
-        self._last_colourless = colourless
         return frame_score
 
 

@@ -89,15 +89,26 @@ def test_windows_are_equal_and_bounded():
     assert ScenesStage(ScenesParams()).windows(0, 100.0) == [(0, 100.0)]
 
 
-def test_pixel_distance_equals_pyscenedetects_numpy_version():
+def test_frame_scores_equal_pyscenedetects_on_random_frames_with_edges():
+    """Every component (the three channel distances from one per-channel sum, and the edge distance) is the
+    library's number, also under uneven weights."""
+    from scenedetect import ContentDetector, FrameTimecode
+
+    from stages.scenes import _FastContentDetector
+
+    weights = ContentDetector.Components(delta_hue=1.0, delta_sat=0.5, delta_lum=1.0, delta_edges=0.25)
+    ours, stock = _FastContentDetector(weights=weights), ContentDetector(weights=weights)
     rng = np.random.default_rng(0)
-    a, b = (rng.integers(0, 256, (144, 256), dtype=np.uint8) for _ in range(2))
-    reference = np.sum(np.abs(a.astype(np.int32) - b.astype(np.int32))) / float(a.size)
-    from scenedetect.detectors import content_detector
-
-    from stages.scenes import _mean_pixel_distance
-
-    assert _mean_pixel_distance(a, b) == reference == content_detector._mean_pixel_distance(a, b)
+    base = rng.integers(0, 256, (144, 256, 3), dtype=np.uint8)
+    scores = []
+    for index in range(6):
+        frame = np.clip(base.astype(int) + rng.integers(-40 * index, 40 * index + 1, base.shape), 0, 255)
+        frame = frame.astype(np.uint8)
+        timecode = FrameTimecode(index, 30.0)
+        assert ours.process_frame(timecode, frame) == stock.process_frame(timecode, frame)
+        assert ours._frame_score == stock._frame_score
+        scores.append(stock._frame_score)
+    assert len(set(scores)) == 6 and max(scores) > 27
 
 
 # -- regressions ---------------------------------------------------------------------------------------------------
