@@ -12,9 +12,9 @@ time went: Ray start-up, stream, commits, each stage's set-up and, on Ray, the C
 first clip).
 
 Recipes: quickstart (BlazePose from the model cache: `make install`) on the shared real clips, cycled to N (symlinks,
-so every video has its own ID), and haic without captions on generated videos with fixture models (YOLOX/DWPose ONNX
-with the real contracts, a tiny open_clip), generated once into bench/.cache/pipeline/. The last line is one JSON
-object.
+so every video has its own ID), and haic without its VLM stages on generated videos with fixture models
+(YOLOX/DWPose ONNX with the real contracts, a tiny open_clip), generated once into bench/.cache/pipeline/. The last
+line is one JSON object.
 
     .venv/bin/python bench/pipeline.py [--recipes quickstart,haic] [--counts 10,100,1000] [--modes ray,local,per_stage]
 """
@@ -93,14 +93,15 @@ def haic_overrides() -> list[str]:
 
 
 def recipe_file(name: str) -> Path:
-    """The recipe as run: haic without its caption stage (it needs a VLM endpoint)."""
+    """The recipe as run: haic without the stages that call a VLM (caption, mome, annotate: they need endpoints)."""
     import yaml
 
+    from memory import VLM_STAGES
     from pipeline.recipe import resolve_recipe_path
 
     doc = yaml.safe_load(resolve_recipe_path(name).read_text())
-    doc["stages"].pop("caption", None)
-    doc["stages"].pop("mome", None)
+    for stage in VLM_STAGES:
+        doc["stages"].pop(stage, None)
     path = CACHE / f"recipe-{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
