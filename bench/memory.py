@@ -262,7 +262,7 @@ def main() -> None:
         print(json.dumps(measure(input_dir, detector or None, int(chunk_mb), float(sample_s))))
         return
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="a 10-minute video and two 10 s 4K clips")
+    parser.add_argument("--quick", action="store_true", help="a 10-minute video and two 16 s 4K clips")
     parser.add_argument("--minutes", type=float, default=None, help="length of the long 1080p video (60)")
     parser.add_argument("--clips-4k", type=int, default=None, help="4K clips in the batch (6; --quick 2)")
     parser.add_argument("--clip-4k-s", type=float, default=None, help="length of each 4K clip (20 s; --quick 16)")
