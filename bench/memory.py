@@ -180,8 +180,9 @@ def measure(input_dir: str, detector: str | None, chunk_mb: int, sample_s: float
         sampler.sample()
         sampler.start()
         started = time.monotonic()
+        # Ray explicitly: `auto` would run one pending video in this process, and the figure is the Ray engine's
         result = run(RunOptions(recipe=recipe, input=input_dir, output=str(tmp / "out"), progress=False,
-                                chunk_bytes=chunk_mb * MB))
+                                chunk_bytes=chunk_mb * MB, executor="ray"))
         seconds = time.monotonic() - started
         sampler.stop.set()
         sampler.join()
