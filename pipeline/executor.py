@@ -22,7 +22,7 @@ from pipeline.errors import UserError
 from pipeline.plan import PlannedVideo
 from pipeline.progress import StageCounts
 from pipeline.recipe import Recipe, StageSpec
-from pipeline.stage import Resources, RunContext, Stage
+from pipeline.stage import FrameRequest, Resources, RunContext, Stage
 
 ROW_SCHEMA = pa.schema(
     [
@@ -310,18 +310,20 @@ def stage_runner_args(recipe: Recipe, **common: Any) -> list[dict[str, Any]]:
     """Each stage's StageRunner arguments in recipe order: the Ray and the in-process executors build the same
     runners. Frames are dropped after the last stage that reads them, and each level of kept frames after the last
     stage that reads that size (so pose's frames do not travel on through ocr and motion)."""
-    last_frame_reader = _last_frame_reader(recipe.stages)
+    specs = recipe.stages
+    requests = [spec.build().frame_request() for spec in specs]
+    readers = [i for i, (spec, request) in enumerate(zip(specs, requests))
+               if spec.cls.provides_frames or request is not None]
+    last_frame_reader = max(readers, default=-1)
     return [dict(stage_cls=spec.cls, params=spec.params.model_dump(), strip_frames=index >= last_frame_reader,
-                 keep_frame_sides=_sides_read_after(recipe.stages, index), **common)
-            for index, spec in enumerate(recipe.stages)]
+                 keep_frame_sides=_sides_read_by(specs[index + 1:], requests[index + 1:]), **common)
+            for index, spec in enumerate(specs)]
 
 
-def _sides_read_after(specs: list[StageSpec], index: int) -> list[int] | None:
-    """The frame sizes the stages after `index` read; None (keep every level) when one of them may read any."""
-    later = specs[index + 1:]
-    if any(spec.cls.reads_any_level for spec in later):
+def _sides_read_by(specs: list[StageSpec], requests: list[FrameRequest | None]) -> list[int] | None:
+    """The frame sizes these stages read; None (keep every level) when one of them may read any."""
+    if any(spec.cls.reads_any_level for spec in specs):
         return None
-    requests = [spec.build().frame_request() for spec in later]
     return sorted({request.max_side for request in requests if request is not None})
 
 
@@ -429,11 +431,6 @@ def _check_devices(planned: dict[str, Resources], nodes: list[dict[str, float]])
         if res.memory_gb and res.memory_gb * 1024**3 > largest_memory:
             raise UserError(f"stage {name} needs {res.memory_gb} GiB per worker and the largest node has "
                             f"{largest_memory / 1024**3:.1f} GiB")
-
-
-def _last_frame_reader(specs: list[StageSpec]) -> int:
-    readers = [i for i, s in enumerate(specs) if s.cls.provides_frames or s.build().frame_request() is not None]
-    return max(readers) if readers else -1
 
 
 def _add_stage(ds, spec: StageSpec, res: Resources, runner_args: dict[str, Any]):

@@ -166,10 +166,10 @@ def test_a_level_is_dropped_after_the_last_stage_that_reads_its_size(video):
 
 def test_every_level_is_kept_until_a_stage_that_may_read_any_level_has_run():
     """The captioner may send pose's keyframes, from pose's level: nothing is dropped before it."""
-    from pipeline.executor import _sides_read_after
+    from pipeline.executor import stage_runner_args
 
     recipe = build_recipe({"stages": {"probe": {}, "scenes": {}, "ocr": {"max_side": 320},
                                       "caption": {"ground_on_pose": False}}})
-    names = [s.name for s in recipe.stages]
-    assert _sides_read_after(recipe.stages, names.index("ocr")) is None
-    assert _sides_read_after(recipe.stages, names.index("caption")) == []
+    sides = {spec.name: args["keep_frame_sides"] for spec, args in zip(recipe.stages, stage_runner_args(recipe))}
+    assert sides["ocr"] is None
+    assert sides["caption"] == []
