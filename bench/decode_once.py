@@ -348,7 +348,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one short generated video, one repeat")
     parser.add_argument("--repeats", type=int, help="runs per measurement, best kept (default 3, --quick 1)")
     parser.add_argument("--no-opencv", dest="opencv", action="store_false", help="skip scenedetect's opencv backend")
-    parser.add_argument("--detect-input", choices=["exact", "sampled"], default="exact",
+    parser.add_argument("--detect-input", choices=["exact", "checked", "sampled"], default="exact",
                         help="ScenesParams.detect_input of ours (exact: PySceneDetect's own image)")
     args = parser.parse_args()
     versions = code_versions()  # now, as the stages were imported: an edit during the run must not relabel it

@@ -47,11 +47,12 @@ class ScenesParams(StageParams):
     # PySceneDetect downscales to about 256 px wide before scoring; the same here.
     detect_width: int = 256
     # content/adaptive: how the scored image is made. "exact": PySceneDetect's own (the whole frame to BGR, then
-    # cv2's linear resize), identical scores. "sampled": the YUV planes sampled at the scored size, then converted
-    # by the frame's colour matrix: a third of exact's CPU (probe+scenes 1.36x a plain decode against 1.58x), but
-    # pixels off by 1 move scores at fades to black by up to 8, and cuts there appear or go
-    # (pyscenedetect_testvideo.mp4: 358 and 691 added); bench/decode_once.py --detect-input sampled.
-    detect_input: Literal["exact", "sampled"] = "exact"
+    # cv2's linear resize), identical scores. "sampled": the YUV planes resized to the scored size, then converted
+    # by the frame's colour matrix: pixels within about 1 of exact's, a fraction of its CPU, but scores at fades to
+    # black move by up to 17 and a cut can appear there (pyscenedetect_testvideo.mp4: 691 added). "checked" (content
+    # detector): sampled, and exact's images for each pair of frames that is dark, nearly colourless or within
+    # CHECK_MARGIN of the threshold, so the cuts are exact's; the adaptive detector and edge weights run exact.
+    detect_input: Literal["exact", "checked", "sampled"] = "exact"
     # Clip length bounds; scenes longer than max_clip_s are split into equal windows, shorter than min rejected.
     min_clip_s: float = 0.0
     max_clip_s: float | None = None
@@ -276,11 +277,12 @@ class _VideoSplitter:
             # PySceneDetect's own downscale: factor width/detect_width, sides rounded.
             factor = max(1.0, ctx.width / self.params.detect_width)
             detect_w, detect_h = max(1, round(ctx.width / factor)), max(1, round(ctx.height / factor))
-            converter = FrameConverter(sampled=self.params.detect_input == "sampled")
             self.levels = [_KeptLevel(r, _keep_size(ctx.width, ctx.height, self._sar(stream), r.max_side))
                            for r in self.stage.keep_requests()]
             detector = self.stage._detector()
-            detection_input = _detection_input(detector, converter, detect_w, detect_h)
+            checked = self.params.detect_input == "checked" and _can_check(detector)
+            converter = FrameConverter(sampled=self.params.detect_input == "sampled" or checked)
+            detection_input = _detection_input(detector, converter, detect_w, detect_h, checked)
             self.latency_s = max(self.stage.CUT_LATENCY_S, (getattr(detector, "latency_frames", 0) + 1) / fps)
             index = -1
             for index, frame in enumerate(container.decode(stream)):
@@ -425,7 +427,8 @@ class FrameConverter:
     def __init__(self, sampled: bool = False):
         self.sampled = sampled
         self._full = VideoReformatter()
-        self._kept: dict[tuple[int, int], VideoReformatter] = {}  # one per kept size: each keeps its own context
+        # per kept size: the scaler and the converter, each keeping its own swscale context
+        self._kept: dict[tuple[int, int], tuple[VideoReformatter, VideoReformatter]] = {}
         self._matrices: dict[tuple, np.ndarray | None] = {}
 
     def detection_image(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
@@ -449,11 +452,12 @@ class FrameConverter:
 
     @staticmethod
     def sampled_image(frame: av.VideoFrame, width: int, height: int, matrix: np.ndarray) -> np.ndarray:
-        """Each plane sampled (nearest) at the scored size, then converted per pixel. Sampling before converting
-        keeps swscale's clipping per pixel (averaging first brightens near-black colours) and is the cheapest."""
+        """Each plane resized as exact's BGR is (cv2's linear resize, the same taps), then converted per pixel.
+        The conversion is affine, so only clipping and rounding differ from exact: pixels within about 1 on
+        average. Nearest sampling was cheaper but aliased (off by 4 to 21 on average on the shared clips)."""
         planes = [np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
                   for plane in frame.planes[:3]]
-        yuv = cv2.merge([cv2.resize(plane, (width, height), interpolation=cv2.INTER_NEAREST) for plane in planes])
+        yuv = cv2.merge([cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR) for plane in planes])
         return cv2.transform(yuv, matrix)
 
     def _matrix(self, frame: av.VideoFrame) -> np.ndarray | None:
@@ -475,17 +479,51 @@ class FrameConverter:
                                    threads=1).to_ndarray()
 
     def kept_image(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
-        """A frame for later stages: RGB, scaled by swscale in one pass (its bilinear filter widens when it
-        shrinks, so it does not alias)."""
-        reformatter = self._kept.setdefault((width, height), VideoReformatter())
-        return reformatter.reformat(frame, width=width, height=height, format="rgb24",
-                                   interpolation="BILINEAR", threads=1).to_ndarray()
+        """A frame for later stages: RGB, scaled by swscale's bilinear filter (it widens when it shrinks, so it does
+        not alias). 4:2:0 frames are scaled in YUV, then converted at the kept size: 40-60% less CPU than scaling
+        straight to RGB (whose output path is not vectorised); pixels differ from that by 0.03 to 2.4 on average on
+        the shared clips, at colour edges (the conversion repeats chroma samples rather than filtering them)."""
+        scaler, converter = self._kept.setdefault((width, height), (VideoReformatter(), VideoReformatter()))
+        name = frame.format.name
+        if name in ("yuv420p", "yuvj420p") and (width, height) != (frame.width, frame.height):
+            frame = scaler.reformat(frame, width=width, height=height, format=name, interpolation="BILINEAR",
+                                    threads=1)
+        return converter.reformat(frame, width=width, height=height, format="rgb24", interpolation="BILINEAR",
+                                  threads=1).to_ndarray()
 
 
 # A frame whose mean HSV saturation (0-255) is under this carries no colour: grey footage re-encoded in YUV has
 # exactly neutral chroma (0), black frames too; the least saturated colour clip in ../shared/videos averages 16.
 MONOCHROME_SATURATION = 4.0
 _LUMA_WEIGHTS = ContentDetector.Components(delta_hue=0.0, delta_sat=0.0, delta_lum=1.0, delta_edges=0.0)
+
+
+class CheckedFrame:
+    """A decoded frame as detect_input=checked scores it: its sampled image always; its exact image only when the
+    detector asks (kept, since the next frame's pair may ask for it again)."""
+
+    __slots__ = ("frame", "converter", "size", "_exact_hsv")
+
+    def __init__(self, frame: av.VideoFrame, converter: FrameConverter, size: tuple[int, int]):
+        self.frame, self.converter, self.size = frame, converter, size
+        self._exact_hsv: np.ndarray | None = None
+
+    def sampled_image(self) -> np.ndarray:
+        return self.converter.detection_image(self.frame, *self.size)
+
+    def exact_hsv(self) -> np.ndarray:
+        if self._exact_hsv is None:
+            self._exact_hsv = cv2.cvtColor(self.converter.exact_image(self.frame, *self.size), cv2.COLOR_BGR2HSV)
+        return self._exact_hsv
+
+
+# detect_input=checked re-scores a pair of frames from their exact images when the sampled score could fall on the
+# other side of a decision. On the 12 bench videos (6,642 frame pairs) the sampled score was off by at most 2.81
+# where both frames' mean HSV value was at least 64, and by up to 17 on darker pairs (hue is noise near black);
+# frames under CHECK_MIN_SATURATION sit near the colourless decision (MONOCHROME_SATURATION).
+CHECK_MARGIN = 8.0
+CHECK_MIN_VALUE = 64.0
+CHECK_MIN_SATURATION = 16.0
 
 
 class _FastScore:
@@ -496,36 +534,63 @@ class _FastScore:
     sums, divided by the pixel count as the library does), not three channel copies and three numpy passes.
     Overridden per detector instance rather than by patching the library's module function, which would change
     PySceneDetect for the whole process; tests check the scores equal the stock detector's.
+
+    Given a CheckedFrame (detect_input=checked; content detector, no edges, no stats), the score is the sampled
+    images' unless the pair is dark, nearly colourless or within CHECK_MARGIN of the threshold: then the exact
+    images' (so the cut decisions are exact's; `checked_pairs` counts how often).
     """
 
     luma_only: bool | str = False
     _last_colourless = False
     _last_hsv: np.ndarray | None = None
     _last_edges: np.ndarray | None = None
+    _last_checked: tuple[CheckedFrame, tuple] | None = None
+    checked_pairs = 0
 
-    def _calculate_frame_score(self, timecode: FrameTimecode, frame_img: np.ndarray) -> float:
-        hsv = cv2.cvtColor(frame_img, cv2.COLOR_BGR2HSV)
-        colourless = self.luma_only == "auto" and cv2.mean(hsv)[1] < MONOCHROME_SATURATION
+    def _calculate_frame_score(self, timecode: FrameTimecode, frame_img: np.ndarray | CheckedFrame) -> float:
+        checked = frame_img if isinstance(frame_img, CheckedFrame) else None
+        hsv = cv2.cvtColor(checked.sampled_image() if checked else frame_img, cv2.COLOR_BGR2HSV)
+        means = cv2.mean(hsv) if checked or self.luma_only == "auto" else None
+        colourless = self.luma_only == "auto" and means[1] < MONOCHROME_SATURATION
         calculate_edges = (self._weights.delta_edges > 0.0) or self.stats_manager is not None
         edges = self._detect_edges(cv2.extractChannel(hsv, 2)) if calculate_edges else None
         last_hsv, last_edges = self._last_hsv, self._last_edges
         self._last_hsv, self._last_edges = hsv, edges
         last_colourless, self._last_colourless = self._last_colourless, colourless
+        last_checked, self._last_checked = self._last_checked, ((checked, means) if checked else None)
         if last_hsv is None:
             return 0.0
+        components = self._components(hsv, last_hsv, edges, last_edges)
+        frame_score = self._weighted(components, colourless and last_colourless)
+        if checked and last_checked and self._undecided(frame_score, means, last_checked[1]):
+            self.checked_pairs += 1
+            exact_hsv, last_exact_hsv = checked.exact_hsv(), last_checked[0].exact_hsv()
+            both_colourless = self.luma_only == "auto" and max(
+                cv2.mean(exact_hsv)[1], cv2.mean(last_exact_hsv)[1]) < MONOCHROME_SATURATION
+            frame_score = self._weighted(self._components(exact_hsv, last_exact_hsv, None, None), both_colourless)
+        if self.stats_manager is not None:
+            self.stats_manager.set_metrics(timecode, {self.FRAME_SCORE_KEY: frame_score, **components._asdict()})
+        return frame_score
+
+    @staticmethod
+    def _components(hsv, last_hsv, edges, last_edges) -> ContentDetector.Components:
         pixels = float(hsv.shape[0] * hsv.shape[1])
         hue, sat, lum, _ = cv2.sumElems(cv2.absdiff(hsv, last_hsv))
         delta_edges = 0.0
         if edges is not None and last_edges is not None:
             delta_edges = cv2.norm(edges, last_edges, cv2.NORM_L1) / pixels
-        components = ContentDetector.Components(delta_hue=hue / pixels, delta_sat=sat / pixels,
-                                                delta_lum=lum / pixels, delta_edges=delta_edges)
-        luma = self.luma_only is True or (colourless and last_colourless)
-        weights = _LUMA_WEIGHTS if luma else self._weights
-        frame_score = sum(c * w for c, w in zip(components, weights, strict=True)) / sum(abs(w) for w in weights)
-        if self.stats_manager is not None:
-            self.stats_manager.set_metrics(timecode, {self.FRAME_SCORE_KEY: frame_score, **components._asdict()})
-        return frame_score
+        return ContentDetector.Components(delta_hue=hue / pixels, delta_sat=sat / pixels,
+                                          delta_lum=lum / pixels, delta_edges=delta_edges)
+
+    def _weighted(self, components: ContentDetector.Components, both_colourless: bool) -> float:
+        weights = _LUMA_WEIGHTS if self.luma_only is True or both_colourless else self._weights
+        return sum(c * w for c, w in zip(components, weights, strict=True)) / sum(abs(w) for w in weights)
+
+    def _undecided(self, score: float, means: tuple, last_means: tuple) -> bool:
+        """Could the exact images' score decide differently from this sampled one?"""
+        return (abs(score - self._threshold) < CHECK_MARGIN
+                or min(means[2], last_means[2]) < CHECK_MIN_VALUE
+                or min(means[1], last_means[1]) < CHECK_MIN_SATURATION)
 
 
 class _FastContentDetector(_FastScore, ContentDetector):
@@ -536,11 +601,20 @@ class _FastAdaptiveDetector(_FastScore, AdaptiveDetector):  # AdaptiveDetector s
     pass
 
 
-def _detection_input(detector, converter: FrameConverter, width: int, height: int) -> Callable:
-    """The image each detector scores, made from the decoded frame (the one decode pass feeds every detector)."""
+def _detection_input(detector, converter: FrameConverter, width: int, height: int, checked: bool) -> Callable:
+    """What each detector scores, made from the decoded frame (the one decode pass feeds every detector)."""
     if isinstance(detector, _TransNetDetector):
         return converter.transnet_image
+    if checked:
+        return lambda frame: CheckedFrame(frame, converter, (width, height))
     return lambda frame: converter.detection_image(frame, width, height)
+
+
+def _can_check(detector) -> bool:
+    """detect_input=checked needs a detector that only compares scores with its threshold: the content detector
+    without edges or a stats manager (the adaptive one averages scores; those run exact)."""
+    return (isinstance(detector, _FastContentDetector) and detector._weights.delta_edges == 0.0
+            and detector.stats_manager is None)
 
 
 # -- TransNetV2 ------------------------------------------------------------------------------------------------------
