@@ -433,8 +433,7 @@ class FrameConverter:
     def __init__(self, sampled: bool = False):
         self.sampled = sampled
         self._full = VideoReformatter()
-        # per kept size: the scaler and the converter, each keeping its own swscale context
-        self._kept: dict[tuple[int, int], tuple[VideoReformatter, VideoReformatter]] = {}
+        self._kept: dict[tuple[int, int], VideoReformatter] = {}  # one per kept size: each keeps its own context
         self._matrices: dict[tuple, np.ndarray | None] = {}
 
     def detection_image(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
@@ -485,17 +484,13 @@ class FrameConverter:
                                    threads=1).to_ndarray()
 
     def kept_image(self, frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
-        """A frame for later stages: RGB, scaled by swscale's bilinear filter (it widens when it shrinks, so it does
-        not alias). 4:2:0 frames are scaled in YUV, then converted at the kept size: 40-60% less CPU than scaling
-        straight to RGB (whose output path is not vectorised); pixels differ from that by 0.03 to 2.4 on average on
-        the shared clips, at colour edges (the conversion repeats chroma samples rather than filtering them)."""
-        scaler, converter = self._kept.setdefault((width, height), (VideoReformatter(), VideoReformatter()))
-        name = frame.format.name
-        if name in ("yuv420p", "yuvj420p") and (width, height) != (frame.width, frame.height):
-            frame = scaler.reformat(frame, width=width, height=height, format=name, interpolation="BILINEAR",
-                                    threads=1)
-        return converter.reformat(frame, width=width, height=height, format="rgb24", interpolation="BILINEAR",
-                                  threads=1).to_ndarray()
+        """A frame for later stages: RGB, scaled by swscale in one pass (its bilinear filter widens when it
+        shrinks, so it does not alias). Scaling 4:2:0 in YUV first and converting at the kept size costs 40-60%
+        less, but repeats chroma samples (pixels 1-2.4 off at colour edges), and BlazePose then lost the backlit
+        man of sports2d_walk_jumpingjacks_flip.mp4 (min_visible_keypoints), a clip a curator keeps: not used."""
+        reformatter = self._kept.setdefault((width, height), VideoReformatter())
+        return reformatter.reformat(frame, width=width, height=height, format="rgb24",
+                                   interpolation="BILINEAR", threads=1).to_ndarray()
 
 
 # A frame whose mean HSV saturation (0-255) is under this carries no colour: grey footage re-encoded in YUV has
@@ -525,7 +520,7 @@ class CheckedFrame:
 
 # detect_input=checked re-scores a pair of frames from their exact images when the sampled score could fall on the
 # other side of a decision. On the 12 bench videos (6,642 frame pairs) the sampled score was off by at most 2.26
-# where both frames' mean HSV value was at least 64, and by up to 17 on darker pairs (hue is noise near black); on
+# where both frames' mean HSV value was at least 64, and by up to 7.8 on darker pairs (hue is noise near black); on
 # their grey low-quality copies (3,400 pairs) by at most 0.1 where bright. A mean saturation within the band sits near
 # the colourless decision (MONOCHROME_SATURATION) or has unsteady hue; under its floor a frame is grey either way.
 CHECK_MARGIN = 8.0
