@@ -18,6 +18,7 @@ import pytest
 import media
 from fixtures_run import clip_rows
 from fixtures_vlm import VlmServer
+from httpproxy import ForwardProxy
 from manifests.audit import audit
 from pipeline.calls import CallLedger
 
@@ -153,3 +154,33 @@ def test_kill_resume_and_redo_errors_pay_for_no_call_twice(videos, tmp_path):
             if p.is_file() and not p.is_symlink() and p.suffix in (".log", ".out", ".err")]
     assert logs and not [p for p in logs if KEY.encode() in p.read_bytes()]  # nor in Ray's worker and driver logs
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_preflight_and_every_call_take_the_proxy_the_environment_names(videos, tmp_path):
+    """A cluster whose nodes reach model endpoints only through a proxy: preflight and the calls use HTTP_PROXY (as
+    `models pull` does), send its credentials to the proxy alone, and a refused proxy stops the run at start."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    secret = "proxy-pa55-7b3c"
+    # the machine's own proxy settings out (an empty lower-case one would unset ours, as curl reads it)
+    base = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    command = [*ACTCURATE, "run", "--recipe", str(recipe), "--input", str(videos), "--skip", "mome", "--output"]
+    with VlmServer(api_key=KEY) as server, ForwardProxy(credentials=("ops", secret)) as proxy:
+        env = {**base, "ACTCURATE_VLM_BASE_URL": server.url, "ACTCURATE_VLM_API_KEY": KEY,
+               "HTTP_PROXY": proxy.url("ops", secret)}
+        done = subprocess.run([*command, str(tmp_path / "out")], capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr
+        asked = server.stats()["requests"]
+        refused = subprocess.run([*command, str(tmp_path / "o2")], capture_output=True, text=True, timeout=300,
+                                 env={**env, "HTTP_PROXY": proxy.url("ops", "wrong")})
+    rows = clip_rows(str(tmp_path / "out"))
+    assert len(rows) == 8 and all(r["status"] == "accepted" and r["caption_text"] for r in rows)
+    posts = [target for method, target, _ in proxy.requests if method == "POST"]
+    assert asked == len(posts) == 8  # every call went through the proxy, one per clip
+    assert all(t == f"{server.url}/chat/completions" for t in posts)
+    assert (proxy.requests[0][:2] == ("GET", f"{server.url}/models")  # preflight first
+            and {auth for _, _, auth in proxy.requests[:9]} == {proxy.expected})
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: caption: proxy 127.0.0.1:{proxy.port} refused the credentials in its URL (HTTP 407)"]
+    written = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert secret.encode() not in written and secret not in done.stdout + done.stderr + refused.stderr

@@ -4,12 +4,14 @@ servers do: Content-Length, chunked, until close, a kept-alive connection the se
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 
 import pytest
 
-from stages.caption.http import HttpClient, HttpTimeout, HttpTransportError
+from httpproxy import ForwardProxy
+from stages.caption.http import HttpClient, HttpTimeout, HttpTransportError, proxy_for
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}'
 
@@ -96,7 +98,9 @@ def test_no_answer_is_a_timeout_and_a_closed_fresh_connection_a_transport_error(
         asyncio.run(HttpClient(2.0, {}).post_json("http://127.0.0.1:9/x", {}))
 
 
-def test_https_verifies_the_server_certificate(tmp_path):
+@pytest.fixture
+def tls(tmp_path):
+    """A server TLS context with a self-signed certificate for 127.0.0.1, and that certificate's path."""
     import ssl
     import subprocess
 
@@ -106,8 +110,14 @@ def test_https_verifies_the_server_certificate(tmp_path):
                    capture_output=True)
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     served.load_cert_chain(cert, key)
+    return served, cert
 
-    async def main(trust: bool):
+
+def post_over_tls(served, cert, trust: bool, path: str = "/v1"):
+    """One POST to an https server with the certificate `tls` made, from a client that trusts it or not."""
+    import ssl
+
+    async def main():
         async def handle(reader, writer):
             await reader.readuntil(b"\r\n\r\n")
             writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{"tls":true}')
@@ -119,11 +129,91 @@ def test_https_verifies_the_server_certificate(tmp_path):
         if trust:  # a client that trusts this self-signed certificate (the default bundle does not)
             client._ssl = ssl.create_default_context(cafile=str(cert))
         try:
-            return await client.post_json(f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {})
+            return await client.post_json(f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}{path}", {})
         finally:
             await client.aclose()
             server.close()
 
+    return asyncio.run(main())
+
+
+def test_https_verifies_the_server_certificate(tls):
     with pytest.raises(HttpTransportError, match="CERTIFICATE_VERIFY_FAILED"):
-        asyncio.run(main(trust=False))
-    assert asyncio.run(main(trust=True)).json() == {"tls": True}
+        post_over_tls(*tls, trust=False)
+    assert post_over_tls(*tls, trust=True).json() == {"tls": True}
+
+
+# -- proxies ---------------------------------------------------------------------------------------------------------
+SECRET = "pr0xy-s3cret"
+
+
+def clear_proxy_env(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+@pytest.mark.parametrize(("environ", "scheme", "host", "port", "expected"), [
+    ({"https": "http://p:3128"}, "https", "api.example.com", 443, "p:3128"),
+    ({"https": "http://p:3128"}, "http", "api.example.com", 80, None),  # no HTTP_PROXY: http goes direct
+    ({"http": "p2:8080", "all": "http://p3:1"}, "http", "h", 80, "p2:8080"),  # no scheme given: http://
+    ({"all": "http://p3:1"}, "https", "h", 443, "p3:1"),
+    ({"https": "http://p", "no": "*"}, "https", "h", 443, None),
+    ({"https": "http://p", "no": "localhost, .example.com"}, "https", "api.example.com", 443, None),
+    ({"https": "http://p", "no": "example.com"}, "https", "api.example.com", 443, None),
+    ({"https": "http://p", "no": "example.com"}, "https", "notexample.com", 443, "p:80"),
+    ({"https": "http://p", "no": "10.0.0.0/8"}, "https", "10.2.3.4", 443, None),
+    ({"https": "http://p", "no": "10.0.0.0/8"}, "https", "11.2.3.4", 443, "p:80"),
+    ({"http": "http://p", "no": "vllm:8000"}, "http", "vllm", 8000, None),
+    ({"http": "http://p", "no": "vllm:8000"}, "http", "vllm", 9000, "p:80"),
+])
+def test_the_proxy_is_the_one_curl_and_httpx_would_use(environ, scheme, host, port, expected):
+    proxy = proxy_for(scheme, host, port, environ)
+    assert (proxy.name if proxy else None) == expected
+
+
+def test_proxy_credentials_go_in_a_header_and_nowhere_else(monkeypatch):
+    clear_proxy_env(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://user%40corp:{SECRET}@proxy.corp:3128")
+    proxy = proxy_for("https", "api.openai.com", 443)
+    assert base64.b64decode(proxy.authorization.split()[1]).decode() == f"user@corp:{SECRET}"
+    assert SECRET not in repr(proxy) + proxy.name and proxy.name == "proxy.corp:3128"
+    monkeypatch.setenv("HTTPS_PROXY", f"socks5://user:{SECRET}@proxy.corp:1080")
+    with pytest.raises(HttpTransportError, match="http:// proxies only") as info:
+        proxy_for("https", "api.openai.com", 443)
+    assert SECRET not in str(info.value)
+
+
+def test_an_http_endpoint_is_reached_through_the_proxy_on_one_kept_alive_connection(monkeypatch):
+    clear_proxy_env(monkeypatch)
+    with ForwardProxy(credentials=("u", SECRET)) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url("u", SECRET))
+        chunked = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\n2\r\n1}\r\n0\r\n\r\n'
+        responses, seen = run(lambda n: (chunked if n == 1 else OK, False), requests=3)
+    assert [r.json() for r in responses] == [{"a": 1}, {}, {}]
+    assert seen["bodies"] == [{"n": 0}, {"n": 1}, {"n": 2}] and seen["connections"] == 1
+    assert proxy.connections == 1  # kept alive through the proxy
+    methods, targets, auths = zip(*proxy.requests)
+    assert set(methods) == {"POST"} and len(targets) == 3
+    assert all(t.startswith("http://127.0.0.1:") and t.endswith("/v1/chat/completions?x=1") for t in targets)
+    assert set(auths) == {proxy.expected}
+
+
+def test_an_https_endpoint_is_reached_through_a_proxy_tunnel_and_still_verified(monkeypatch, tls):
+    clear_proxy_env(monkeypatch)
+    with ForwardProxy(credentials=("u", SECRET)) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url("u", SECRET))
+        assert post_over_tls(*tls, trust=True).json() == {"tls": True}
+        with pytest.raises(HttpTransportError, match="CERTIFICATE_VERIFY_FAILED") as info:
+            post_over_tls(*tls, trust=False)  # the tunnel does not weaken the endpoint's certificate check
+        assert f"via proxy 127.0.0.1:{proxy.port}" in str(info.value)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url("u", "wrong-password"))
+        with pytest.raises(HttpTransportError, match="refused a tunnel to 127.0.0.1:[0-9]+: HTTP/1.1 407") as info:
+            post_over_tls(*tls, trust=True)
+        assert "wrong-password" not in str(info.value)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        before = len(proxy.requests)
+        assert post_over_tls(*tls, trust=True).json() == {"tls": True}
+        assert len(proxy.requests) == before  # exempted: straight to the server
+    assert [m for m, _, _ in proxy.requests] == ["CONNECT"] * 3
+    assert proxy.requests[0][2] == proxy.expected and proxy.requests[2][2] != proxy.expected

@@ -16,6 +16,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx2
 from pydantic import Field
@@ -23,7 +24,7 @@ from pydantic import Field
 from pipeline.errors import UserError
 from pipeline.redact import redact
 from pipeline.stage import StageParams
-from stages.caption.http import HttpClient, HttpTimeout, HttpTransportError, Response
+from stages.caption.http import HttpClient, HttpTimeout, HttpTransportError, Response, proxy_for
 
 MAX_RETRY_AFTER_S = 600.0  # a server's Retry-After is honoured up to this (a misconfigured one may say a day)
 RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
@@ -161,10 +162,23 @@ class ChatClient:
                             f"(HTTP {response.status_code})")
 
     def _get(self, url: str) -> httpx2.Response:
+        """Preflight's GET, by the route the calls will take (the proxy from `proxy_for`, not httpx's own reading
+        of the environment, so both agree)."""
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            return httpx2.get(url, headers=self._headers(), timeout=min(self.params.timeout_s, 30), trust_env=False)
+            proxy = proxy_for(parts.scheme, parts.hostname or "", port)
+        except HttpTransportError as exc:
+            raise UserError(f"{self.role}: {exc}") from None
+        via = f" via proxy {proxy.name}" if proxy else ""
+        try:
+            response = httpx2.get(url, headers=self._headers(), timeout=min(self.params.timeout_s, 30),
+                                  trust_env=False, proxy=proxy.url if proxy else None)
         except httpx2.HTTPError as exc:
-            raise UserError(f"{self.role}: cannot reach {self.url} ({type(exc).__name__})") from None
+            raise UserError(f"{self.role}: cannot reach {self.url}{via} ({type(exc).__name__})") from None
+        if proxy and response.status_code == 407:
+            raise UserError(f"{self.role}: proxy {proxy.name} refused the credentials in its URL (HTTP 407)")
+        return response
 
     # -- sending ---------------------------------------------------------------------------------------------------
     async def complete(self, body: dict[str, Any]) -> Reply:

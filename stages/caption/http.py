@@ -3,18 +3,22 @@
 Why not httpx: at 64-256 requests in flight its per-request CPU (request/response models, the pool scanning every
 connection with a syscall per request) was most of a call's client CPU, several times this client's
 (bench/caption_client.py). What a model call needs is small: POST a JSON body, read one response with
-Content-Length, chunked or until close, keep the connection alive. http and https; no proxies (the clients never
-read proxy settings), no redirects, no compression (none is asked for). Preflight's single GET stays on httpx.
+Content-Length, chunked or until close, keep the connection alive. http and https, directly or through the http://
+proxy the environment names (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY; see `proxy_for`); no redirects, no
+compression (none is asked for). Preflight's single GET stays on httpx, given the same proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import ipaddress
 import json
 import ssl
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 MAX_HEADER_LINES = 200
 
@@ -41,6 +45,72 @@ class Response:
         return json.loads(self.content)
 
 
+@dataclass(frozen=True)
+class Proxy:
+    """An http:// forward proxy. `url` and `authorization` carry its credentials: only `name` goes into messages."""
+
+    host: str
+    port: int
+    url: str = field(repr=False)
+    authorization: str | None = field(default=None, repr=False)  # a Proxy-Authorization header value
+
+    @property
+    def name(self) -> str:
+        return _authority(self.host, self.port)
+
+
+def proxy_for(scheme: str, host: str, port: int, environ: dict[str, str] | None = None) -> Proxy | None:
+    """The proxy for a request to scheme://host:port, as curl and httpx read the environment: HTTPS_PROXY or
+    HTTP_PROXY by the request's scheme, else ALL_PROXY (lower-case names win); none where NO_PROXY matches the host
+    ("*", a host or domain suffix, optionally with :port, or an IP range such as 10.0.0.0/8). Model calls, preflight
+    and `models pull` then agree on the route."""
+    proxies = urllib.request.getproxies_environment() if environ is None else environ
+    url = proxies.get(scheme) or proxies.get("all")
+    if not url or _bypassed(host, port, proxies.get("no", "")):
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise HttpTransportError(f"proxy {parts.scheme}://{parts.hostname or ''} for {scheme} requests is not "
+                                 "supported: the model client speaks to http:// proxies only (NO_PROXY can exempt "
+                                 "this endpoint)")
+    authorization = None
+    if parts.username is not None:
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        authorization = "Basic " + base64.b64encode(token).decode()
+    return Proxy(parts.hostname, parts.port or 80, url if "://" in url else f"http://{url}", authorization)
+
+
+def _bypassed(host: str, port: int, no_proxy: str) -> bool:
+    host = host.lower().strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        if address is not None and "/" in entry:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if entry_port and entry_port != str(port):
+            continue
+        name = name.strip("[]").lstrip(".")
+        if host == name or host.endswith("." + name):
+            return True
+    return False
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class _Stale(Exception):
     """A kept-alive connection the server had closed: nothing was answered, so the request goes on a new one."""
 
@@ -53,6 +123,7 @@ class HttpClient:
         self.headers = "".join(f"{k}: {v}\r\n" for k, v in {"Accept": "application/json", **headers}.items())
         self._idle: dict[tuple[str, str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self._ssl: ssl.SSLContext | None = None
+        self._proxies: dict[tuple[str, str, int], Proxy | None] = {}  # per origin, from the environment at first use
 
     async def post_json(self, url: str, payload: Any) -> Response:
         parts = urlsplit(url)
@@ -61,16 +132,29 @@ class HttpClient:
         origin = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.netloc.rsplit("@", 1)[-1]
+        proxy = self.proxy(origin)
+        proxy_header = ""
+        if proxy is not None and parts.scheme == "http":  # a plain request goes to the proxy in absolute form
+            target = f"http://{host}{target}"
+            proxy_header = f"Proxy-Authorization: {proxy.authorization}\r\n" if proxy.authorization else ""
         body = json.dumps(payload, separators=(",", ":")).encode()
         head = (f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n{self.headers}\r\n").encode("latin-1")
+                f"Content-Length: {len(body)}\r\n{proxy_header}{self.headers}\r\n").encode("latin-1")
+        via = f" (via proxy {proxy.name})" if proxy is not None else ""
         try:
             # wait_for, not asyncio.timeout: the package supports Python 3.10
             return await asyncio.wait_for(self._send(origin, head + body), self.timeout_s)
         except (TimeoutError, asyncio.TimeoutError):
-            raise HttpTimeout(f"no complete answer within {self.timeout_s:g} s") from None
+            raise HttpTimeout(f"no complete answer within {self.timeout_s:g} s{via}") from None
+        except HttpTransportError as exc:
+            raise HttpTransportError(f"{exc}{via}") from None
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
-            raise HttpTransportError(f"{type(exc).__name__}: {exc}") from None
+            raise HttpTransportError(f"{type(exc).__name__}: {exc}{via}") from None
+
+    def proxy(self, origin: tuple[str, str, int]) -> Proxy | None:
+        if origin not in self._proxies:
+            self._proxies[origin] = proxy_for(*origin)
+        return self._proxies[origin]
 
     async def _send(self, origin, request: bytes) -> Response:
         while True:
@@ -101,7 +185,18 @@ class HttpClient:
             import httpx2  # the CA bundle httpx (preflight) verifies with, so both trust the same servers
 
             self._ssl = httpx2.create_ssl_context()
-        return False, await asyncio.open_connection(hostname, port, ssl=self._ssl if scheme == "https" else None)
+        proxy = self.proxy(origin)
+        if proxy is None:
+            return False, await asyncio.open_connection(hostname, port, ssl=self._ssl if scheme == "https" else None)
+        reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+        if scheme == "https":
+            try:
+                await _tunnel(reader, writer, proxy, _authority(hostname, port))
+                writer = await _start_tls(reader, writer, self._ssl, hostname)
+            except BaseException:
+                _close(writer)
+                raise
+        return False, (reader, writer)
 
     async def _exchange(self, reader, writer, request: bytes, reused: bool) -> tuple[Response, bool]:
         try:
@@ -149,6 +244,35 @@ class HttpClient:
             for _, writer in idle:
                 _close(writer)
         self._idle.clear()
+
+
+async def _tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: Proxy, authority: str) -> None:
+    """Ask the proxy for a TCP tunnel to `authority` (HTTP CONNECT); TLS to the endpoint then runs inside it."""
+    auth = f"Proxy-Authorization: {proxy.authorization}\r\n" if proxy.authorization else ""
+    writer.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{auth}\r\n".encode("latin-1"))
+    await writer.drain()
+    status_line = await reader.readline()
+    for _ in range(MAX_HEADER_LINES):
+        if (await reader.readline()) in (b"\r\n", b"\n", b""):
+            break
+    status = status_line.split(None, 2)[1:2]
+    if status != [b"200"]:
+        answer = status_line.decode("latin-1").strip() or "closed the connection"
+        raise HttpTransportError(f"the proxy refused a tunnel to {authority}: {answer[:80]}")
+
+
+async def _start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: ssl.SSLContext,
+                     hostname: str) -> asyncio.StreamWriter:
+    """TLS over an open connection (the proxy's tunnel), checked against the endpoint's own name."""
+    if hasattr(writer, "start_tls"):  # Python 3.11+
+        await writer.start_tls(context, server_hostname=hostname)
+        return writer
+    loop = asyncio.get_running_loop()  # Python 3.10: what 3.11's StreamWriter.start_tls does
+    protocol = writer.transport.get_protocol()
+    transport = await loop.start_tls(writer.transport, protocol, context, server_hostname=hostname)
+    upgraded = asyncio.StreamWriter(transport, protocol, reader, loop)
+    protocol._stream_writer, protocol._transport, protocol._over_ssl = upgraded, transport, True
+    return upgraded
 
 
 def _close(writer: asyncio.StreamWriter) -> None:
