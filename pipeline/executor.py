@@ -1,7 +1,8 @@
 """Ray Data streaming over a recipe's stages: one Ray row per video (or per part of a long video).
 
 A row carries its clips pickled, frames included, so a stage sees plain `Clip` objects and the engine alone decides
-where each stage runs (tasks for stateless stages, actor pools for stages that load models in `setup()`).
+where each stage runs (tasks for stateless stages, actor pools for stages that load models in `setup()`). The
+in-process executor hands the clips themselves from stage to stage.
 """
 
 from __future__ import annotations
@@ -37,20 +38,23 @@ ROW_SCHEMA = pa.schema(
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 
 
-def encode_row(shard_id: str, video_id: str, part: int, last: bool, clips: list[Clip]) -> dict[str, Any]:
+def encode_row(shard_id: str, video_id: str, part: int, last: bool, clips: list[Clip],
+               pickled: bool = True) -> dict[str, Any]:
+    """A row of clips: pickled to cross processes, or the clips themselves between stages in one process (pickling
+    there only copied every kept frame twice per stage)."""
     for clip in clips:
         clip.origin = None
     return {"shard_id": shard_id, "video_id": video_id, "part": part, "last": last,
-            "clips": pickle.dumps(clips, protocol=5)}
+            "clips": pickle.dumps(clips, protocol=5) if pickled else clips}
 
 
-def decode_clips(data: bytes) -> list[Clip]:
-    return pickle.loads(data)
+def decode_clips(data: bytes | list[Clip]) -> list[Clip]:
+    return data if isinstance(data, list) else pickle.loads(data)
 
 
-def source_row(video: PlannedVideo) -> dict[str, Any]:
+def source_row(video: PlannedVideo, pickled: bool = True) -> dict[str, Any]:
     clip = Clip(video_id=video.video_id, video_uri=video.uri, shard_id=video.shard_id)
-    return encode_row(video.shard_id, video.video_id, 0, True, [clip])
+    return encode_row(video.shard_id, video.video_id, 0, True, [clip], pickled)
 
 
 class StageRunner:
@@ -59,7 +63,7 @@ class StageRunner:
     def __init__(self, stage_cls: type[Stage], params: dict, strip_frames: bool = False,
                  keep_frame_sides: list[int] | None = None,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress_actor: str | None = None,
-                 context: RunContext | None = None, counter: StageCounts | None = None):
+                 context: RunContext | None = None, counter: StageCounts | None = None, pickled: bool = True):
         started = time.perf_counter()
         self.stage = stage_cls(stage_cls.Params(**params), context)
         self.stage.setup()
@@ -68,6 +72,7 @@ class StageRunner:
         self.keep_frame_sides = keep_frame_sides
         self.chunk_bytes = chunk_bytes
         self.counter = counter  # in-process runs report here, not to an actor
+        self.pickled = pickled  # False: output rows hold the clips themselves (the next stage is in this process)
         self.progress = _progress_actor(progress_actor) if progress_actor else None
         self.node = _node_id() if self.progress else None  # which node's workers ran the stage, for the run's report
         if counter is not None:
@@ -106,10 +111,12 @@ class StageRunner:
                         c.keep_levels_for(self.keep_frame_sides)
                 row = rows[i]
                 if chunkable[i]:
-                    out.append(encode_row(row["shard_id"], row["video_id"], parts_sent[i], final, clips))
+                    out.append(encode_row(row["shard_id"], row["video_id"], parts_sent[i], final, clips,
+                                          self.pickled))
                     parts_sent[i] += 1
                 else:
-                    out.append(encode_row(row["shard_id"], row["video_id"], row["part"], row["last"], clips))
+                    out.append(encode_row(row["shard_id"], row["video_id"], row["part"], row["last"], clips,
+                                          self.pickled))
                 self._report(0, sum(1 for c in clips if c.alive and id(c) in emitted))
                 buffers[i] = []
             return out
@@ -347,10 +354,10 @@ def run_in_process(recipe: Recipe, videos: list[PlannedVideo], counter: StageCou
     set_threads = "OMP_NUM_THREADS" not in os.environ
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
-        runners = [StageRunner(counter=counter, **args)
+        runners = [StageRunner(counter=counter, pickled=False, **args)
                    for args in stage_runner_args(recipe, chunk_bytes=chunk_bytes, context=context)]
         for video in videos:
-            rows: Iterable[dict] = [source_row(video)]
+            rows: Iterable[dict] = [source_row(video, pickled=False)]
             for runner in runners:
                 rows = _through(runner, rows)
             yield from rows
