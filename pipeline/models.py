@@ -32,8 +32,10 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pipeline.errors import UserError
+from pipeline.proxies import UnsupportedProxy, proxy_for
 
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1024 * 1024
@@ -190,6 +192,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _opener(url: str) -> urllib.request.OpenerDirector:
+    """urllib routed by pipeline.proxies (the model calls' rule, with NO_PROXY's IP ranges, which urllib's own
+    reading of the environment lacks); its ProxyHandler sends the proxy URL's credentials to the proxy."""
+    parts = urlsplit(url)
+    try:
+        proxy = proxy_for(parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    except UnsupportedProxy as exc:
+        raise UserError(str(exc)) from None
+    return urllib.request.build_opener(urllib.request.ProxyHandler({parts.scheme: proxy.url} if proxy else {}))
+
+
 def _download(url: str, part: Path, on_bytes: Callable[[int, int | None], None] | None, timeout: float) -> None:
     """Append to `part` from where it stops (HTTP Range); restart from zero if the server ignores the range."""
     have = part.stat().st_size if part.exists() else 0
@@ -200,7 +213,7 @@ def _download(url: str, part: Path, on_bytes: Callable[[int, int | None], None] 
     if token and "huggingface" in url:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = _opener(url).open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # the part file is already whole
             return

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from httpproxy import ForwardProxy
-from stages.caption.http import HttpClient, HttpTimeout, HttpTransportError, proxy_for
+from pipeline.proxies import UnsupportedProxy, proxy_for
+from stages.caption.http import HttpClient, HttpTimeout, HttpTransportError
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}'
 
@@ -179,7 +180,7 @@ def test_proxy_credentials_go_in_a_header_and_nowhere_else(monkeypatch):
     assert base64.b64decode(proxy.authorization.split()[1]).decode() == f"user@corp:{SECRET}"
     assert SECRET not in repr(proxy) + proxy.name and proxy.name == "proxy.corp:3128"
     monkeypatch.setenv("HTTPS_PROXY", f"socks5://user:{SECRET}@proxy.corp:1080")
-    with pytest.raises(HttpTransportError, match="http:// proxies only") as info:
+    with pytest.raises(UnsupportedProxy, match="http:// proxies only") as info:
         proxy_for("https", "api.openai.com", 443)
     assert SECRET not in str(info.value)
 

@@ -11,6 +11,7 @@ import pytest
 
 from fixtures_registry import registered_artifacts
 from httpfiles import FileServer
+from httpproxy import ForwardProxy
 from pipeline import models
 from pipeline.errors import UserError
 from pipeline.models import ChecksumMismatch
@@ -125,3 +126,27 @@ def test_missing_model_error_names_the_pull_command(monkeypatch, tmp_path):
     unknown = subprocess.run([sys.executable, "-m", "pipeline.cli", "models", "pull", "dwpose-pose", "nope"],
                              capture_output=True, text=True)
     assert unknown.returncode == 2 and "unknown model 'nope'" in unknown.stderr
+
+
+def test_pull_goes_through_the_proxy_the_environment_names(registry, monkeypatch):
+    """The model calls' proxy rule (pipeline.proxies): through HTTP_PROXY with its credentials, and straight to a
+    host NO_PROXY exempts by IP range (urllib's own reading of the environment knows no ranges)."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    with FileServer({"/w.onnx": PAYLOAD}) as hub, ForwardProxy(credentials=("u", "s3cr3t")) as proxy:
+        registry(name="t", filename="w.onnx", source=f"{hub.url}/w.onnx", sha256=DIGEST)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url("u", "s3cr3t"))
+        path, _ = models.pull("t", timeout=5)
+        assert path.read_bytes() == PAYLOAD
+        assert proxy.requests == [("GET", f"{hub.url}/w.onnx", proxy.expected)] and len(hub.requests) == 1
+        path.unlink()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.0/8")
+        models.pull("t", timeout=5)
+        assert len(proxy.requests) == 1 and len(hub.requests) == 2  # straight to the server
+        monkeypatch.setenv("NO_PROXY", "")
+        monkeypatch.setenv("HTTP_PROXY", "socks5://u:s3cr3t@127.0.0.1:1080")
+        path.unlink()
+        with pytest.raises(UserError, match="http:// proxies only") as info:
+            models.pull("t", timeout=5)
+        assert "s3cr3t" not in str(info.value)

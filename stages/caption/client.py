@@ -24,7 +24,8 @@ from pydantic import Field
 from pipeline.errors import UserError
 from pipeline.redact import redact
 from pipeline.stage import StageParams
-from stages.caption.http import HttpClient, HttpTimeout, HttpTransportError, Response, proxy_for
+from pipeline.proxies import UnsupportedProxy, proxy_for
+from stages.caption.http import HttpClient, HttpTimeout, HttpTransportError, Response
 
 MAX_RETRY_AFTER_S = 600.0  # a server's Retry-After is honoured up to this (a misconfigured one may say a day)
 RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
@@ -168,7 +169,7 @@ class ChatClient:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             proxy = proxy_for(parts.scheme, parts.hostname or "", port)
-        except HttpTransportError as exc:
+        except UnsupportedProxy as exc:
             raise UserError(f"{self.role}: {exc}") from None
         via = f" via proxy {proxy.name}" if proxy else ""
         try:

@@ -11,14 +11,13 @@ compression (none is asked for). Preflight's single GET stays on httpx, given th
 from __future__ import annotations
 
 import asyncio
-import base64
-import ipaddress
 import json
 import ssl
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
+
+from pipeline.proxies import Proxy, UnsupportedProxy, authority, proxy_for
 
 MAX_HEADER_LINES = 200
 
@@ -43,72 +42,6 @@ class Response:
 
     def json(self) -> Any:
         return json.loads(self.content)
-
-
-@dataclass(frozen=True)
-class Proxy:
-    """An http:// forward proxy. `url` and `authorization` carry its credentials: only `name` goes into messages."""
-
-    host: str
-    port: int
-    url: str = field(repr=False)
-    authorization: str | None = field(default=None, repr=False)  # a Proxy-Authorization header value
-
-    @property
-    def name(self) -> str:
-        return _authority(self.host, self.port)
-
-
-def proxy_for(scheme: str, host: str, port: int, environ: dict[str, str] | None = None) -> Proxy | None:
-    """The proxy for a request to scheme://host:port, as curl and httpx read the environment: HTTPS_PROXY or
-    HTTP_PROXY by the request's scheme, else ALL_PROXY (lower-case names win); none where NO_PROXY matches the host
-    ("*", a host or domain suffix, optionally with :port, or an IP range such as 10.0.0.0/8). Model calls, preflight
-    and `models pull` then agree on the route."""
-    proxies = urllib.request.getproxies_environment() if environ is None else environ
-    url = proxies.get(scheme) or proxies.get("all")
-    if not url or _bypassed(host, port, proxies.get("no", "")):
-        return None
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http" or not parts.hostname:
-        raise HttpTransportError(f"proxy {parts.scheme}://{parts.hostname or ''} for {scheme} requests is not "
-                                 "supported: the model client speaks to http:// proxies only (NO_PROXY can exempt "
-                                 "this endpoint)")
-    authorization = None
-    if parts.username is not None:
-        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-        authorization = "Basic " + base64.b64encode(token).decode()
-    return Proxy(parts.hostname, parts.port or 80, url if "://" in url else f"http://{url}", authorization)
-
-
-def _bypassed(host: str, port: int, no_proxy: str) -> bool:
-    host = host.lower().strip("[]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    for entry in (e.strip().lower() for e in no_proxy.split(",")):
-        if not entry:
-            continue
-        if entry == "*":
-            return True
-        if address is not None and "/" in entry:
-            try:
-                if address in ipaddress.ip_network(entry, strict=False):
-                    return True
-            except ValueError:
-                pass
-            continue
-        name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-        if entry_port and entry_port != str(port):
-            continue
-        name = name.strip("[]").lstrip(".")
-        if host == name or host.endswith("." + name):
-            return True
-    return False
-
-
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Stale(Exception):
@@ -153,7 +86,10 @@ class HttpClient:
 
     def proxy(self, origin: tuple[str, str, int]) -> Proxy | None:
         if origin not in self._proxies:
-            self._proxies[origin] = proxy_for(*origin)
+            try:
+                self._proxies[origin] = proxy_for(*origin)
+            except UnsupportedProxy as exc:  # preflight refuses such a run first (a UserError)
+                raise HttpTransportError(str(exc)) from None
         return self._proxies[origin]
 
     async def _send(self, origin, request: bytes) -> Response:
@@ -191,7 +127,7 @@ class HttpClient:
         reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
         if scheme == "https":
             try:
-                await _tunnel(reader, writer, proxy, _authority(hostname, port))
+                await _tunnel(reader, writer, proxy, authority(hostname, port))
                 writer = await _start_tls(reader, writer, self._ssl, hostname)
             except BaseException:
                 _close(writer)
