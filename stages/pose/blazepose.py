@@ -48,6 +48,10 @@ NMS_IOU = 0.3  # MediaPipe's pose detection: weighted NMS, min_suppression_thres
 ROI_SCALE = 1.25  # RectTransformationCalculator scale_x/scale_y
 DUPLICATE_IOU = 0.7  # two detections whose landmark boxes overlap this much are one person
 MAX_PEOPLE = 16  # detections per frame that get landmarks (the highest scored)
+# A detection in a square of the frame (square_tiles) whose landmark ROI is larger than this share of the square is
+# dropped: a person that large would have been found in the whole frame, and on the shared clips such detections
+# were the false ones (an ROI 4.2x the square in pyscenedetect_testvideo's deer scene; real people 0.13-0.78).
+TILE_MAX_ROI = 1.0
 BOX_PAD = 0.08  # the landmark box is widened by this share of its size on each side (the top of the head, hands)
 
 # COCO-17 keypoint i is BlazePose landmark COCO_FROM_BLAZE[i] (both use the person's left and right).
@@ -268,25 +272,41 @@ class BlazeDetector:
         return found[:MAX_PEOPLE]
 
     def people(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Boxes (n, 4), scores (n,), COCO-17 keypoints (n, 17, 2) and their scores (n, 17) of one frame."""
-        h, w = frame.shape[:2]
-        boxes, scores, kpts, kscores = [], [], [], []
-        for centre, side, rotation, score in self.rois(frame):
-            xy, vis, presence = self.landmarks.landmarks(frame, centre, side, rotation)
-            if presence <= MIN_PRESENCE:
-                continue
-            box = landmark_box(xy, vis, w, h)
-            if boxes and ops.iou_matrix(box[None], np.array(boxes)).max() > DUPLICATE_IOU:
-                continue  # the same person found twice (detections are in descending score order)
-            boxes.append(box)
-            scores.append(score)
-            kpts.append(xy[COCO_FROM_BLAZE])
-            kscores.append(vis[COCO_FROM_BLAZE])
-        if not boxes:
+        """Boxes (n, 4), scores (n,), COCO-17 keypoints (n, 17, 2) and their scores (n, 17) of one frame.
+
+        Where the whole frame shows nobody, its two end squares are searched too (square_tiles): the detector sees a
+        wide frame at 224 px across, where people in a long shot are too small for it (mmaction2_basketball's two
+        players in its second half, 5-12 pedestrians of opencv_vtest), and a square of the frame's short side is
+        1.3-1.8x larger there."""
+        found: list[tuple] = []
+        self._add_people(frame, found, 0, 0)
+        if not found:
+            for x, y, side in square_tiles(*frame.shape[1::-1]):
+                self._add_people(np.ascontiguousarray(frame[y:y + side, x:x + side]), found, x, y,
+                                 max_roi=TILE_MAX_ROI * side)
+        if not found:
             return (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, ops.BODY, 2), np.float32),
                     np.zeros((0, ops.BODY), np.float32))
+        boxes, scores, kpts, kscores = zip(*found)
         return (np.array(boxes, np.float32), np.array(scores, np.float32), np.array(kpts, np.float32),
                 np.array(kscores, np.float32))
+
+    def _add_people(self, image: np.ndarray, found: list[tuple], x: int, y: int, max_roi: float | None = None
+                    ) -> None:
+        """People of one image (the frame, or a square of it at x, y) in frame pixels, skipping those already found
+        and, in a square, detections whose landmark ROI is larger than `max_roi` pixels."""
+        h, w = image.shape[:2]
+        offset = np.array([x, y], np.float32)
+        for centre, side, rotation, score in self.rois(image):
+            if max_roi is not None and side > max_roi:
+                continue
+            xy, vis, presence = self.landmarks.landmarks(image, centre, side, rotation)
+            if presence <= MIN_PRESENCE:
+                continue
+            box = landmark_box(xy, vis, w, h) + np.tile(offset, 2)
+            if found and ops.iou_matrix(box[None], np.array([f[0] for f in found])).max() > DUPLICATE_IOU:
+                continue  # the same person found twice (detections are in descending score order)
+            found.append((box, score, xy[COCO_FROM_BLAZE] + offset, vis[COCO_FROM_BLAZE]))
 
     def detect(self, frames: list[np.ndarray], params) -> list[tuple[np.ndarray, np.ndarray]]:
         results = []
@@ -295,6 +315,17 @@ class BlazeDetector:
             self.landmarks.remember(frame, boxes, kpts, kscores)
             results.append((boxes, scores))
         return results
+
+
+def square_tiles(width: int, height: int) -> list[tuple[int, int, int]]:
+    """(x, y, side) of the two squares at the ends of a frame whose long side is at least 1.3x its short side (they
+    overlap up to 2x); none for a squarer frame, which the whole-frame pass already sees at nearly that scale."""
+    side = min(width, height)
+    if max(width, height) < 1.3 * side:
+        return []
+    if width >= height:
+        return [(0, 0, side), (width - side, 0, side)]
+    return [(0, 0, side), (0, height - side, side)]
 
 
 def load(det_path: Path, landmark_path: Path, threads: int | None = None) -> tuple[BlazeDetector, BlazeLandmarks]:
