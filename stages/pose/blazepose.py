@@ -50,7 +50,8 @@ DUPLICATE_IOU = 0.7  # two detections whose landmark boxes overlap this much are
 MAX_PEOPLE = 16  # detections per frame that get landmarks (the highest scored)
 # A detection in a square of the frame (square_tiles) whose landmark ROI is larger than this share of the square is
 # dropped: a person that large would have been found in the whole frame, and on the shared clips such detections
-# were the false ones (an ROI 4.2x the square in pyscenedetect_testvideo's deer scene; real people 0.13-0.78).
+# were the false ones (an ROI 4.2x the square on a close-up of a ridged surface in pyscenedetect_testvideo, 18.6-24 s;
+# real people 0.13-0.78 of the square in the basketball and pedestrian clips).
 TILE_MAX_ROI = 1.0
 BOX_PAD = 0.08  # the landmark box is widened by this share of its size on each side (the top of the head, hands)
 
