@@ -32,10 +32,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from pipeline.errors import UserError
-from pipeline.proxies import UnsupportedProxy, proxy_for
+from pipeline.proxies import UnsupportedProxy, origin_of, proxy_for
 
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1024 * 1024
@@ -195,12 +194,12 @@ def _sha256(path: Path) -> str:
 def _opener(url: str) -> urllib.request.OpenerDirector:
     """urllib routed by pipeline.proxies (the model calls' rule, with NO_PROXY's IP ranges, which urllib's own
     reading of the environment lacks); its ProxyHandler sends the proxy URL's credentials to the proxy."""
-    parts = urlsplit(url)
+    scheme, host, port = origin_of(url)
     try:
-        proxy = proxy_for(parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        proxy = proxy_for(scheme, host, port)
     except UnsupportedProxy as exc:
         raise UserError(str(exc)) from None
-    return urllib.request.build_opener(urllib.request.ProxyHandler({parts.scheme: proxy.url} if proxy else {}))
+    return urllib.request.build_opener(urllib.request.ProxyHandler({scheme: proxy.url} if proxy else {}))
 
 
 def _download(url: str, part: Path, on_bytes: Callable[[int, int | None], None] | None, timeout: float) -> None:

@@ -37,7 +37,8 @@ def proxy_for(scheme: str, host: str, port: int, environ: dict[str, str] | None 
     url = proxies.get(scheme) or proxies.get("all")
     if not url or _bypassed(host, port, proxies.get("no", "")):
         return None
-    parts = urlsplit(url if "://" in url else f"http://{url}")
+    url = url if "://" in url else f"http://{url}"
+    parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise UnsupportedProxy(f"proxy {parts.scheme}://{parts.hostname or ''} for {scheme} requests is not "
                                "supported: actcurate speaks to http:// proxies only (NO_PROXY can exempt this host)")
@@ -45,7 +46,13 @@ def proxy_for(scheme: str, host: str, port: int, environ: dict[str, str] | None 
     if parts.username is not None:
         token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         authorization = "Basic " + base64.b64encode(token).decode()
-    return Proxy(parts.hostname, parts.port or 80, url if "://" in url else f"http://{url}", authorization)
+    return Proxy(parts.hostname, parts.port or 80, url, authorization)
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL, the port defaulted by the scheme."""
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _bypassed(host: str, port: int, no_proxy: str) -> bool:

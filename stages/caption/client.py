@@ -16,15 +16,14 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import httpx2
 from pydantic import Field
 
 from pipeline.errors import UserError
+from pipeline.proxies import UnsupportedProxy, origin_of, proxy_for
 from pipeline.redact import redact
 from pipeline.stage import StageParams
-from pipeline.proxies import UnsupportedProxy, proxy_for
 from stages.caption.http import HttpClient, HttpTimeout, HttpTransportError, Response
 
 MAX_RETRY_AFTER_S = 600.0  # a server's Retry-After is honoured up to this (a misconfigured one may say a day)
@@ -165,10 +164,8 @@ class ChatClient:
     def _get(self, url: str) -> httpx2.Response:
         """Preflight's GET, by the route the calls will take (the proxy from `proxy_for`, not httpx's own reading
         of the environment, so both agree)."""
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            proxy = proxy_for(parts.scheme, parts.hostname or "", port)
+            proxy = proxy_for(*origin_of(url))
         except UnsupportedProxy as exc:
             raise UserError(f"{self.role}: {exc}") from None
         via = f" via proxy {proxy.name}" if proxy else ""

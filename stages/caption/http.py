@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.proxies import Proxy, UnsupportedProxy, authority, proxy_for
+from pipeline.proxies import Proxy, UnsupportedProxy, authority, origin_of, proxy_for
 
 MAX_HEADER_LINES = 200
 
@@ -62,7 +62,7 @@ class HttpClient:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise HttpTransportError(f"not an http(s) URL: {parts.scheme}://{parts.hostname}")
-        origin = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        origin = origin_of(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.netloc.rsplit("@", 1)[-1]
         proxy = self.proxy(origin)

@@ -53,6 +53,10 @@ MAX_PEOPLE = 16  # detections per frame that get landmarks (the highest scored)
 # were the false ones (an ROI 4.2x the square on a close-up of a ridged surface in pyscenedetect_testvideo, 18.6-24 s;
 # real people 0.13-0.78 of the square in the basketball and pedestrian clips).
 TILE_MAX_ROI = 1.0
+# Only frames whose long side is at least this many times the short side are searched in squares: a squarer frame's
+# squares would show people under 1.3x larger than the whole frame does, not worth two more detector runs (our
+# choice, not measured; 16:9 gives 1.78x, 4:3 gives 1.33x, both searched).
+TILE_MIN_ASPECT = 1.3
 BOX_PAD = 0.08  # the landmark box is widened by this share of its size on each side (the top of the head, hands)
 
 # COCO-17 keypoint i is BlazePose landmark COCO_FROM_BLAZE[i] (both use the person's left and right).
@@ -319,10 +323,11 @@ class BlazeDetector:
 
 
 def square_tiles(width: int, height: int) -> list[tuple[int, int, int]]:
-    """(x, y, side) of the two squares at the ends of a frame whose long side is at least 1.3x its short side (they
-    overlap up to 2x); none for a squarer frame, which the whole-frame pass already sees at nearly that scale."""
+    """(x, y, side) of the two squares at the ends of a frame whose long side is at least TILE_MIN_ASPECT times its
+    short side (they overlap up to 2x); none for a squarer frame, which the whole-frame pass sees at nearly that
+    scale."""
     side = min(width, height)
-    if max(width, height) < 1.3 * side:
+    if max(width, height) < TILE_MIN_ASPECT * side:
         return []
     if width >= height:
         return [(0, 0, side), (width - side, 0, side)]
