@@ -80,6 +80,11 @@ def generate(out: Path, rows: int, shards: int) -> None:
         # one generated shard reused with new ids and shifted scores: generation stays a few seconds per 100k rows
         t = base.set_column(0, "clip_id", pa.array([f"s{s:06d}-{i:07d}" for i in range(per)]))
         t = t.set_column(t.schema.get_field_index("shard_id"), "shard_id", pa.array([f"shard-{s:06d}"] * per))
+        # each shard its own videos, as a plan makes them (the audit counts a video within its shard)
+        videos = [f"{s:06d}{v[6:]}" for v in base.column("video_id").to_pylist()]
+        t = t.set_column(t.schema.get_field_index("video_id"), "video_id", pa.array(videos))
+        t = t.set_column(t.schema.get_field_index("video_uri"), "video_uri",
+                         pa.array([f"/data/src{s % 7}/{v}.mp4" for v in videos]))
         shift = rng.normal(0, 0.005)
         t = t.set_column(t.schema.get_field_index("motion_score"), "motion_score",
                          pa.array(np.abs(base.column("motion_score").to_numpy() + shift)))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from manifests import fields, reviews
-from manifests.io import read_manifests
+from manifests.io import read_manifest
 from pipeline.commits import committed_shards
 from pipeline.errors import UserError
 from pipeline.plan import read_plan
@@ -58,229 +60,305 @@ def run_info(store: Store) -> dict | None:
     return json.loads(store.read_bytes("run.json")) if store.exists("run.json") else None
 
 
+HIST_BINS = 20
+
+
 def audit(output: str) -> dict:
     return audit_with_rows(output)[0]
 
 
-def audit_with_rows(output: str) -> tuple[dict, list[dict]]:
-    """The report, and the manifests' core columns it was counted from (the HTML report's thumbnails use them)."""
+def audit_with_rows(output: str, keep_rows: Callable[[list[dict], list[dict]], list[dict]] | None = None
+                    ) -> tuple[dict, list[dict]]:
+    """The report and, with `keep_rows(kept, shard_rows) -> kept`, the core-column rows it chooses to keep (the HTML
+    report keeps a few per rejection rule for its thumbnails).
+
+    The committed manifests are read one shard at a time and only counts (and the numeric score values) are kept, so
+    memory grows with the run by a few numbers a clip, not by its rows."""
     store, plan = _open(output)
     committed = committed_shards(store)
-    table = read_manifests(store, sorted(committed))
-    # the audit's counts need only the core columns and timings (stage columns hold nested per-frame lists)
-    core = [c for c in table.column_names if c in fields.CORE_COLUMNS or c == "timings"] if table is not None else []
-    rows = table.select(core).to_pylist() if table is not None else []
-    order, split_stage = _stage_order(store, table) if table is not None else ([], None)
-    split_at = order.index(split_stage) if split_stage in order else None
+    verdicts = reviews.clip_verdicts(reviews.read_reviews(store).to_pylist())
+    tally: _Tally | None = None
+    kept: list[dict] = []
+    for shard_id in sorted(committed):
+        table = read_manifest(store, shard_id)
+        if tally is None:
+            tally = _Tally(*_stage_order(store, table), verdicts)
+        rows = tally.add(table)
+        if keep_rows is not None:
+            kept = keep_rows(kept, rows)
+    tally = tally or _Tally([], None, verdicts)
     shards = plan.shard_ids
-    statuses = Counter(r["status"] for r in rows)
     report = {
         "output": store.root,
-        "videos": {"total": len(plan.videos), "done": len({r["video_id"] for r in rows})},
-        "clips": {"total": len(rows), **{k: statuses.get(k, 0) for k in ("accepted", "rejected", "error")}},
+        "videos": {"total": len(plan.videos), "done": tally.videos},
+        "clips": {"total": sum(tally.statuses.values()),
+                  **{k: tally.statuses.get(k, 0) for k in ("accepted", "rejected", "error")}},
         "shards": {"total": len(shards), "committed": len(committed), "pending": len(shards) - len(committed)},
-        "funnel": _funnel(rows, order, split_at),
-        "reasons": _reasons(rows),
-        "errors": _errors(rows),
-        "throughput": _throughput(rows, order, split_at),
-        "sources": _sources(rows),
-        "scores": _scores(table, fields.recipe_params(run_info(store))) if table is not None else [],
-        "reviews": reviews.summary(store, {r["clip_id"]: r["status"] for r in rows}),
-        "model_calls": _model_calls(table, order) if table is not None else [],
-        "qa": _qa(table, order) if table is not None else [],
+        "funnel": tally.funnel(),
+        "reasons": tally.reasons(),
+        "errors": tally.errors(),
+        "throughput": tally.throughput(),
+        "sources": tally.sources(),
+        "scores": tally.scores(fields.recipe_params(run_info(store))),
+        "reviews": reviews.summary(store, tally.reviewed_status, accepted_total=tally.statuses.get("accepted", 0)),
+        "model_calls": tally.model_calls(),
+        "qa": tally.qa(),
     }
-    return report, rows
+    return report, kept
 
 
-def _death_index(row: dict, order: list[str]) -> int:
-    stage = row["reject_stage"] or row["error_stage"]
-    if row["status"] == "accepted" or stage not in order:
-        return len(order)
-    return order.index(stage)
+MODEL_CALL_KEYS = ("prompt_tokens", "output_tokens", "thinking_tokens", "latency_s", "cached", "cached_calls",
+                   "attempts", "calls")
 
 
-def _funnel(rows: list[dict], order: list[str], split_at: int | None) -> list[dict]:
-    """Rows in and out of each stage; before (and into) a splitting stage the unit is videos, after it clips."""
-    deaths = [(_death_index(r, order), r["video_id"]) for r in rows]
-    # A video's furthest stage: all of its rows passed every stage before the split together.
-    video_reach: dict[str, int] = defaultdict(int)
-    for d, vid in deaths:
-        video_reach[vid] = max(video_reach[vid], d)
-    funnel = []
-    for k, stage in enumerate(order):
-        before_split = split_at is not None and k <= split_at
-        if before_split:
-            n_in = sum(1 for d in video_reach.values() if d >= k)
-        else:
-            n_in = sum(1 for d, _ in deaths if d >= k)
-        if split_at is not None and k < split_at:
-            n_out = sum(1 for d in video_reach.values() if d > k)
-        else:
-            n_out = sum(1 for d, _ in deaths if d > k)
-        unit_in = "videos" if before_split else "clips"
-        unit_out = "videos" if split_at is not None and k < split_at else "clips"
-        funnel.append({"stage": stage, "in": n_in, "out": n_out, "unit_in": unit_in, "unit_out": unit_out})
-    return funnel
+class _Tally:
+    """The audit's counts, added up one shard at a time. Every clip of a video is in the video's shard, so whatever
+    is counted per video (how far it got, its stage seconds before the split) is complete within a shard."""
 
+    def __init__(self, order: list[str], split_stage: str | None, verdicts: dict[str, str]):
+        self.order = order
+        self.split_at = order.index(split_stage) if split_stage in order else None
+        self.verdicts = verdicts
+        self.reviewed_status: dict[str, str] = {}  # manifest status of the clips a reviewer gave a verdict on
+        self.statuses: Counter = Counter()
+        self.videos = 0
+        self.clip_deaths: Counter = Counter()  # stage index a clip stopped at (len(order): accepted) -> clips
+        self.video_reach: Counter = Counter()  # the furthest stage index any clip of a video reached -> videos
+        self.rejected: dict[tuple, dict] = {}  # (stage, rule) -> count, values, thresholds
+        self.failed: dict[tuple, dict] = {}  # (stage, type) -> count and the first example
+        self.stage_time = [[0, 0.0] for _ in order]  # units counted, seconds
+        self.folders: dict[str, Counter] = defaultdict(Counter)  # video folder -> statuses and "_videos"
+        self.score_values: dict[str, list] = {}  # column -> [(values, accepted mask) per shard], in schema order
+        self.calls: dict[str, Counter] = defaultdict(Counter)
+        self.qa_counts: dict[str, Counter] = {}
 
-def _reasons(rows: list[dict]) -> list[dict]:
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in rows:
-        if r["status"] == "rejected":
-            groups[(r["reject_stage"], r["reject_rule"])].append(r)
-    out = []
-    for (stage, rule), members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        values = [m["reject_value"] for m in members if m["reject_value"] is not None]
-        thresholds = sorted({m["reject_threshold"] for m in members if m["reject_threshold"] is not None})
-        entry = {"stage": stage, "rule": rule, "count": len(members), "thresholds": thresholds}
-        if values:
-            entry.update(value_min=min(values), value_median=statistics.median(values), value_max=max(values))
-        out.append(entry)
-    return out
-
-
-def _errors(rows: list[dict]) -> list[dict]:
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in rows:
-        if r["status"] == "error":
-            groups[(r["error_stage"], r["error_type"])].append(r)
-    return [
-        {"stage": stage, "type": typ, "count": len(members), "example": members[0]["error_message"],
-         "example_uri": members[0]["video_uri"]}
-        for (stage, typ), members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-    ]
-
-
-def _throughput(rows: list[dict], order: list[str], split_at: int | None) -> list[dict]:
-    """Seconds per stage. Clips split from one video carry copies of the video's earlier timings: count those once."""
-    split_at = len(order) if split_at is None else split_at
-    out = []
-    for k, stage in enumerate(order):
-        per_unit: dict = defaultdict(float)
-        for i, r in enumerate(rows):
-            seconds = (r.get("timings") or {}).get(stage)
-            if seconds is None:
-                continue
-            if k < split_at:
-                per_unit[r["video_id"]] = seconds  # a copy on every clip of the video
-            elif k == split_at:
-                per_unit[r["video_id"]] += seconds  # the video's decode, shared out over its clips
-            else:
-                per_unit[i] = seconds
-        total = sum(per_unit.values())
-        out.append({"stage": stage, "unit": "videos" if k <= split_at else "clips", "count": len(per_unit),
-                    "seconds": round(total, 3),
-                    "per_s": round(len(per_unit) / total, 2) if total > 0 else None})
-    return out
-
-
-def _sources(rows: list[dict]) -> list[dict]:
-    """Clips by input source: the folder (or bucket prefix) a video came from, relative to what they share."""
-    import posixpath
-
-    folders = {r["video_uri"]: posixpath.dirname(r["video_uri"]) for r in rows}
-    common = posixpath.commonpath(list(folders.values())) if len(set(folders.values())) > 1 else ""
-    groups: dict[str, Counter] = defaultdict(Counter)
-    videos: dict[str, set] = defaultdict(set)
-    for r in rows:
-        folder = folders[r["video_uri"]]
-        name = (folder[len(common):].lstrip("/") or ".") if common else folder
-        groups[name][r["status"]] += 1
-        videos[name].add(r["video_id"])
-    return [{"source": name, "videos": len(videos[name]), "clips": sum(c.values()),
-             **{k: c.get(k, 0) for k in ("accepted", "rejected", "error")}}
-            for name, c in sorted(groups.items())]
-
-
-HIST_BINS = 20
-
-
-def _scores(table, params: dict[str, dict]) -> list[dict]:
-    """A histogram per numeric score column (all rows that carry it, and the accepted ones), with every threshold
-    the recipe sets on it; bins span the values and the thresholds."""
-    import numpy as np
-
-    out = []
-    accepted = np.asarray(table.column("status").to_numpy(zero_copy_only=False) == "accepted")
-    for col in fields.score_columns(table.schema):
-        if col == "duration_s":
-            arr = (np.asarray(table.column("end_s").to_numpy(zero_copy_only=False), dtype=float)
-                   - np.asarray(table.column("start_s").to_numpy(zero_copy_only=False), dtype=float))
-        else:
-            arr = np.asarray(table.column(col).to_numpy(zero_copy_only=False), dtype=float)
-        ok = np.isfinite(arr)
-        if not ok.any():
-            continue
-        values, acc = arr[ok], accepted[ok]
-        thresholds = fields.thresholds_for(col, params)
-        lo = min([values.min()] + [t["value"] for t in thresholds])
-        hi = max([values.max()] + [t["value"] for t in thresholds])
-        if hi <= lo:
-            hi = lo + 1.0
-        edges = np.linspace(lo, hi, HIST_BINS + 1)
-        counts, _ = np.histogram(values, edges)
-        counts_acc, _ = np.histogram(values[acc], edges)
-        out.append({"column": col, "stage": col.split("_", 1)[0] if col != "duration_s" else "clip",
-                    "count": int(ok.sum()), "min": float(values.min()), "max": float(values.max()),
-                    "median": float(np.median(values)), "edges": [float(e) for e in edges],
-                    "counts": [int(c) for c in counts], "accepted": [int(c) for c in counts_acc],
-                    "thresholds": thresholds})
-    return out
-
-
-def _model_calls(table, order: list[str]) -> list[dict]:
-    """Cost drivers of the stages that call models (those with <stage>_prompt_tokens): tokens in, out and thinking,
-    completions paid for (retries with new seeds included), calls answered from OUT/calls (not paid again), and
-    output tokens per second of call latency."""
-    out = []
-    for stage in order:
-        wanted = [f"{stage}_{k}" for k in ("prompt_tokens", "output_tokens", "thinking_tokens", "latency_s",
-                                          "cached", "cached_calls", "attempts", "calls")]
-        present = [c for c in wanted if c in table.column_names]
-        if f"{stage}_prompt_tokens" not in present:
-            continue
-        rows = table.select(present).to_pylist()
-        billed = [r for r in rows if r.get(f"{stage}_prompt_tokens") is not None]
-        if not billed:
-            continue
-
-        def total(column: str) -> float:
-            return sum(r.get(f"{stage}_{column}") or 0 for r in billed)
-
-        latency = total("latency_s")
-        output = total("output_tokens")
-        # paid by the run that wrote each row: one call per clip with <stage>_attempts completions (none when
-        # answered from OUT/calls), or <stage>_calls calls of which <stage>_cached_calls were answered so
-        paid = sum(0 if r.get(f"{stage}_cached") else (r.get(f"{stage}_attempts") or 0) for r in billed) \
-            if f"{stage}_attempts" in present else total("calls") - total("cached_calls")
-        out.append({"stage": stage, "clips": len(billed), "prompt_tokens": int(total("prompt_tokens")),
-                    "output_tokens": int(output), "thinking_tokens": int(total("thinking_tokens")),
-                    "paid_calls": int(paid),
-                    "cached_clips": sum(1 for r in billed
-                                        if r.get(f"{stage}_cached") or r.get(f"{stage}_cached_calls")),
-                    "latency_s": round(latency, 3),
-                    "output_tokens_per_s": round(output / latency, 1) if latency > 0 else None})
-    return out
-
-
-def _qa(table, order: list[str]) -> list[dict]:
-    """Per annotating stage (one with <stage>_dropped and <stage>_guessable): the questions (or triplets) kept on
-    accepted clips, those a QA rule dropped, by rule, and the kept ones the blind check marked guessable."""
-    out = []
-    for stage in order:
-        columns = [f"{stage}_{k}" for k in ("json", "dropped", "guessable")]
-        if not all(c in table.column_names for c in columns):
-            continue
-        rows = table.select(columns + ["status"]).to_pylist()
-        kept = 0
+    def add(self, table) -> list[dict]:
+        """Count one shard's manifest; returns its core-column rows."""
+        core = [c for c in table.column_names if c in fields.CORE_COLUMNS or c == "timings"]
+        rows = table.select(core).to_pylist()
+        self.statuses.update(r["status"] for r in rows)
+        self.videos += len({r["video_id"] for r in rows})
         for r in rows:
-            if r["status"] == "accepted" and r[columns[0]]:
-                value = json.loads(r[columns[0]])
-                kept += len(value.get("questions", value.get("triplets", [])))
-        dropped = Counter(d["rule"] for r in rows for d in r[columns[1]] or [])
-        out.append({"stage": stage, "kept": kept, "dropped": dict(sorted(dropped.items())),
-                    "guessable": sum(r[columns[2]] or 0 for r in rows if r["status"] == "accepted")})
-    return out
+            if r["clip_id"] in self.verdicts:
+                self.reviewed_status[r["clip_id"]] = r["status"]
+        self._deaths(rows)
+        self._reasons(rows)
+        self._throughput(rows)
+        self._sources(rows)
+        self._scores(table)
+        self._model_calls(table)
+        self._qa(table)
+        return rows
+
+    # -- funnel
+    def _death_index(self, row: dict) -> int:
+        stage = row["reject_stage"] or row["error_stage"]
+        if row["status"] == "accepted" or stage not in self.order:
+            return len(self.order)
+        return self.order.index(stage)
+
+    def _deaths(self, rows: list[dict]) -> None:
+        reach: dict[str, int] = defaultdict(int)
+        for r in rows:
+            d = self._death_index(r)
+            self.clip_deaths[d] += 1
+            reach[r["video_id"]] = max(reach[r["video_id"]], d)
+        self.video_reach.update(reach.values())
+
+    def funnel(self) -> list[dict]:
+        """Rows in and out of each stage; before (and into) a splitting stage the unit is videos, after it clips."""
+        def reaching(counts: Counter, k: int, past: bool) -> int:
+            return sum(n for d, n in counts.items() if (d > k if past else d >= k))
+
+        split_at, out = self.split_at, []
+        for k, stage in enumerate(self.order):
+            before_split = split_at is not None and k <= split_at
+            n_in = reaching(self.video_reach if before_split else self.clip_deaths, k, past=False)
+            early = split_at is not None and k < split_at
+            n_out = reaching(self.video_reach if early else self.clip_deaths, k, past=True)
+            out.append({"stage": stage, "in": n_in, "out": n_out, "unit_in": "videos" if before_split else "clips",
+                        "unit_out": "videos" if early else "clips"})
+        return out
+
+    # -- rejections and errors
+    def _reasons(self, rows: list[dict]) -> None:
+        for r in rows:
+            if r["status"] == "rejected":
+                group = self.rejected.setdefault((r["reject_stage"], r["reject_rule"]),
+                                                 {"count": 0, "values": [], "thresholds": set()})
+                group["count"] += 1
+                if r["reject_value"] is not None:
+                    group["values"].append(r["reject_value"])
+                if r["reject_threshold"] is not None:
+                    group["thresholds"].add(r["reject_threshold"])
+            elif r["status"] == "error":
+                group = self.failed.setdefault((r["error_stage"], r["error_type"]),
+                                               {"count": 0, "example": r["error_message"],
+                                                "example_uri": r["video_uri"]})
+                group["count"] += 1
+
+    def reasons(self) -> list[dict]:
+        out = []
+        for (stage, rule), g in sorted(self.rejected.items(), key=lambda kv: (-kv[1]["count"], kv[0])):
+            entry = {"stage": stage, "rule": rule, "count": g["count"], "thresholds": sorted(g["thresholds"])}
+            if g["values"]:
+                entry.update(value_min=min(g["values"]), value_median=statistics.median(g["values"]),
+                             value_max=max(g["values"]))
+            out.append(entry)
+        return out
+
+    def errors(self) -> list[dict]:
+        return [{"stage": stage, "type": typ, **g}
+                for (stage, typ), g in sorted(self.failed.items(), key=lambda kv: (-kv[1]["count"], kv[0]))]
+
+    # -- throughput
+    def _throughput(self, rows: list[dict]) -> None:
+        """Clips split from one video carry copies of the video's earlier timings: count those once."""
+        split_at = len(self.order) if self.split_at is None else self.split_at
+        for k, stage in enumerate(self.order):
+            per_unit: dict = defaultdict(float)
+            for i, r in enumerate(rows):
+                seconds = (r.get("timings") or {}).get(stage)
+                if seconds is None:
+                    continue
+                if k < split_at:
+                    per_unit[r["video_id"]] = seconds  # a copy on every clip of the video
+                elif k == split_at:
+                    per_unit[r["video_id"]] += seconds  # the video's decode, shared out over its clips
+                else:
+                    per_unit[i] = seconds
+            self.stage_time[k][0] += len(per_unit)
+            self.stage_time[k][1] += sum(per_unit.values())
+
+    def throughput(self) -> list[dict]:
+        split_at = len(self.order) if self.split_at is None else self.split_at
+        return [{"stage": stage, "unit": "videos" if k <= split_at else "clips", "count": count,
+                 "seconds": round(total, 3), "per_s": round(count / total, 2) if total > 0 else None}
+                for k, (stage, (count, total)) in enumerate(zip(self.order, self.stage_time))]
+
+    # -- sources
+    def _sources(self, rows: list[dict]) -> None:
+        seen = set()
+        for r in rows:
+            folder = posixpath.dirname(r["video_uri"])
+            self.folders[folder][r["status"]] += 1
+            if r["video_id"] not in seen:
+                seen.add(r["video_id"])
+                self.folders[folder]["_videos"] += 1
+
+    def sources(self) -> list[dict]:
+        """Clips by input source: the folder (or bucket prefix) a video came from, relative to what they share."""
+        common = posixpath.commonpath(list(self.folders)) if len(self.folders) > 1 else ""
+        groups: dict[str, Counter] = defaultdict(Counter)
+        for folder, counts in self.folders.items():
+            groups[(folder[len(common):].lstrip("/") or ".") if common else folder].update(counts)
+        return [{"source": name, "videos": c["_videos"], "clips": sum(n for k, n in c.items() if k != "_videos"),
+                 **{k: c.get(k, 0) for k in ("accepted", "rejected", "error")}}
+                for name, c in sorted(groups.items())]
+
+    # -- scores
+    def _scores(self, table) -> None:
+        import numpy as np
+
+        accepted = np.asarray(table.column("status").to_numpy(zero_copy_only=False) == "accepted")
+        for col in fields.score_columns(table.schema):
+            if col == "duration_s":
+                arr = (np.asarray(table.column("end_s").to_numpy(zero_copy_only=False), dtype=float)
+                       - np.asarray(table.column("start_s").to_numpy(zero_copy_only=False), dtype=float))
+            else:
+                arr = np.asarray(table.column(col).to_numpy(zero_copy_only=False), dtype=float)
+            ok = np.isfinite(arr)
+            parts = self.score_values.setdefault(col, [])  # the column's place: where its schema first has it
+            if ok.any():
+                parts.append((arr[ok], accepted[ok]))
+
+    def scores(self, params: dict[str, dict]) -> list[dict]:
+        """A histogram per numeric score column (all rows that carry it, and the accepted ones), with every threshold
+        the recipe sets on it; bins span the values and the thresholds."""
+        import numpy as np
+
+        out = []
+        for col, parts in self.score_values.items():
+            if not parts:
+                continue
+            values = np.concatenate([v for v, _ in parts])
+            acc = np.concatenate([a for _, a in parts])
+            thresholds = fields.thresholds_for(col, params)
+            lo = min([values.min()] + [t["value"] for t in thresholds])
+            hi = max([values.max()] + [t["value"] for t in thresholds])
+            if hi <= lo:
+                hi = lo + 1.0
+            edges = np.linspace(lo, hi, HIST_BINS + 1)
+            counts, _ = np.histogram(values, edges)
+            counts_acc, _ = np.histogram(values[acc], edges)
+            out.append({"column": col, "stage": col.split("_", 1)[0] if col != "duration_s" else "clip",
+                        "count": int(values.size), "min": float(values.min()), "max": float(values.max()),
+                        "median": float(np.median(values)), "edges": [float(e) for e in edges],
+                        "counts": [int(c) for c in counts], "accepted": [int(c) for c in counts_acc],
+                        "thresholds": thresholds})
+        return out
+
+    # -- model calls
+    def _model_calls(self, table) -> None:
+        for stage in self.order:
+            present = [k for k in MODEL_CALL_KEYS if f"{stage}_{k}" in table.column_names]
+            if "prompt_tokens" not in present:
+                continue
+            rows = table.select([f"{stage}_{k}" for k in present]).to_pylist()
+            billed = [{k: r[f"{stage}_{k}"] for k in present} for r in rows
+                      if r[f"{stage}_prompt_tokens"] is not None]
+            if not billed:
+                continue
+            totals = self.calls[stage]
+            totals["clips"] += len(billed)
+            for key in ("prompt_tokens", "output_tokens", "thinking_tokens", "latency_s"):
+                totals[key] += sum(r.get(key) or 0 for r in billed)
+            # paid by the run that wrote each row: one call per clip with <stage>_attempts completions (none when
+            # answered from OUT/calls), or <stage>_calls calls of which <stage>_cached_calls were answered so
+            totals["paid_calls"] += sum(0 if r.get("cached") else (r.get("attempts") or 0) for r in billed) \
+                if "attempts" in present else sum((r.get("calls") or 0) - (r.get("cached_calls") or 0) for r in billed)
+            totals["cached_clips"] += sum(1 for r in billed if r.get("cached") or r.get("cached_calls"))
+
+    def model_calls(self) -> list[dict]:
+        """Cost drivers of the stages that call models (those with <stage>_prompt_tokens): tokens in, out and
+        thinking, completions paid for (retries with new seeds included), calls answered from OUT/calls (not paid
+        again), and output tokens per second of call latency."""
+        out = []
+        for stage in self.order:
+            t = self.calls.get(stage)
+            if not t:
+                continue
+            latency, output = t["latency_s"], t["output_tokens"]
+            out.append({"stage": stage, "clips": t["clips"], "prompt_tokens": int(t["prompt_tokens"]),
+                        "output_tokens": int(output), "thinking_tokens": int(t["thinking_tokens"]),
+                        "paid_calls": int(t["paid_calls"]), "cached_clips": t["cached_clips"],
+                        "latency_s": round(latency, 3),
+                        "output_tokens_per_s": round(output / latency, 1) if latency > 0 else None})
+        return out
+
+    # -- QA
+    def _qa(self, table) -> None:
+        """Per annotating stage (one with <stage>_json, _dropped and _guessable): the questions (or triplets) kept
+        on accepted clips, those a QA rule dropped, by rule, and the kept ones the blind check marked guessable."""
+        for stage in self.order:
+            columns = [f"{stage}_{k}" for k in ("json", "dropped", "guessable")]
+            if not all(c in table.column_names for c in columns):
+                continue
+            counts = self.qa_counts.setdefault(stage, Counter())
+            for r in table.select(columns + ["status"]).to_pylist():
+                accepted = r["status"] == "accepted"
+                if accepted and r[columns[0]]:
+                    value = json.loads(r[columns[0]])
+                    counts["_kept"] += len(value.get("questions", value.get("triplets", [])))
+                counts.update(d["rule"] for d in r[columns[1]] or [])
+                if accepted:
+                    counts["_guessable"] += r[columns[2]] or 0
+
+    def qa(self) -> list[dict]:
+        return [{"stage": stage, "kept": c["_kept"],
+                 "dropped": dict(sorted((k, n) for k, n in c.items() if not k.startswith("_"))),
+                 "guessable": c["_guessable"]}
+                for stage, c in self.qa_counts.items()]
 
 
 # -- rendering --------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import posixpath
 import tarfile
 import tempfile
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from manifests import reviews
 from manifests.annotations import LETTERS, final_caption
 from manifests.audit import audit, run_info
-from manifests.io import read_manifests
+from manifests.io import read_manifest, read_manifest_schema
 from pipeline.commits import committed_shards
 from pipeline.errors import UserError
 from pipeline.plan import read_plan
@@ -231,6 +231,60 @@ def split_of(video_id: str, test_share: float) -> str:
     return "test" if video_fraction(video_id) < test_share else "train"
 
 
+def _without_clip_file(row: dict) -> dict:
+    row["_clip_method"], row["_video"] = "none", row["video_uri"]
+    return row
+
+
+class Tally:
+    """What the dataset card and export.json say about the exported clips, counted as they stream past.
+
+    A video's clips arrive one after another (they share a shard, sorted by URI within it), so a video is counted
+    when the stream moves on to it: no set of video IDs grows with the run."""
+
+    def __init__(self, question_group: str | None):
+        self.question_group = question_group
+        self.clips: Counter = Counter()  # split -> clips
+        self.videos: Counter = Counter()  # split -> videos
+        self.annotated = 0
+        self.questions: Counter = Counter()
+        self.models: Counter = Counter()  # (column, model) -> clips
+        self.licences: Counter = Counter()  # licence -> videos
+        self.sources: Counter = Counter()  # source -> videos
+        self._video_id: str | None = None
+        self._model_columns: dict[tuple, list[str]] = {}
+
+    def counted(self, stream: Iterator[tuple[dict, bytes | None]]) -> Iterator[tuple[dict, bytes | None]]:
+        for row, clip in stream:
+            self.add(row)
+            yield row, clip
+
+    def add(self, row: dict) -> None:
+        self.clips[row["_split"]] += 1
+        if row["video_id"] != self._video_id:
+            self._video_id = row["video_id"]
+            self.videos[row["_split"]] += 1
+            self.licences[row["_license"] or "not given"] += 1
+            self.sources[row["_source"]] += 1
+        self.annotated += bool(row["_annotation"])
+        if self.question_group:
+            self.questions.update(q.get(self.question_group) or "?" for q in row["_questions"])
+        columns = tuple(row)  # the same for every row of a shard: find its model columns once
+        if columns not in self._model_columns:
+            self._model_columns[columns] = [k for k in columns if not k.startswith("_")
+                                            and (k.endswith("_model") or k.endswith("_backend"))]
+        for k in self._model_columns[columns]:
+            if isinstance(row[k], str) and row[k]:
+                self.models[(k, row[k])] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.clips.values())
+
+    def splits(self) -> dict:
+        return {s: {"clips": self.clips[s], "videos": self.videos[s]} for s in SPLITS}
+
+
 @dataclass
 class ExportResult:
     to: str
@@ -259,40 +313,54 @@ class Exporter:
                                       "clip_errors": [], "copy_fallbacks": Counter()}
 
     # -- rows ------------------------------------------------------------------------------------------------------
-    def rows(self) -> list[dict]:
-        table = read_manifests(self.src, sorted(committed_shards(self.src)))
-        if table is None:
+    def rows(self) -> Iterator[dict]:
+        """The accepted rows to export, each with what the formats derive, in (video_uri, start_s, clip_id) order.
+
+        Read one committed shard at a time, so memory holds one shard's rows however large the run: the plan puts
+        videos into shards in sorted URI order, and a video's clips are all in its shard, so shard order and then
+        the order within a shard is the order of the whole run."""
+        shard_ids = sorted(committed_shards(self.src))
+        if not shard_ids:
             raise UserError(f"{self.opts.output} has no committed shards yet; nothing to export")
-        # per-frame lists (boxes, keypoints, OCR text) are never exported: leave them in Arrow, and count the rows
-        # the pipeline did not accept without turning them into Python
-        keep = [f.name for f in table.schema if not pa.types.is_nested(f.type) or f.name in LIST_COLUMNS]
-        table = table.select(keep)
-        self.schema = table.schema
-        for status, count in Counter(table.column("status").to_pylist()).items():
-            if status != "accepted":
-                self.stats["left_out"][f"pipeline_{status}"] += count
-        all_rows = table.filter(pc.equal(table.column("status"), "accepted")).to_pylist()
         review_rows = reviews.read_reviews(self.src).to_pylist()
         verdicts, edits = reviews.clip_verdicts(review_rows), reviews.latest_captions(review_rows)
+        self.stats["reviewed_records"] = len(review_rows)
+        self.stats["review_caption_edits"] = 0
         by_uri = {v.uri: v for v in self.plan.videos}
         left = self.stats["left_out"]
-        rows = []
-        for row in all_rows:
-            if verdicts.get(row["clip_id"]) == "reject":
-                left["review_rejected"] += 1
-                continue
-            planned = by_uri.get(row["video_uri"])
-            row["_split"] = split_of(row["video_id"], self.opts.test_share)
-            row["_caption"], row["_caption_source"] = _caption(row, edits.get(row["clip_id"]))
-            row["_source"] = (planned.source if planned and planned.source
-                              else posixpath.basename(posixpath.dirname(row["video_uri"])))
-            row["_license"] = planned.license if planned else None
-            row["_annotation"] = self._annotation(row)
-            row["_questions"] = self._questions(row)
-            rows.append(row)
-        self.stats["review_caption_edits"] = sum(1 for r in rows if r["_caption_source"] == "review")
-        self.stats["reviewed_records"] = len(review_rows)
-        return sorted(rows, key=lambda r: (r["video_uri"], r["start_s"], r["clip_id"]))
+        for shard_id in shard_ids:
+            table = self._exported_columns(read_manifest(self.src, shard_id))
+            for status, count in Counter(table.column("status").to_pylist()).items():
+                if status != "accepted":
+                    left[f"pipeline_{status}"] += count
+            accepted = table.filter(pc.equal(table.column("status"), "accepted")).to_pylist()
+            for row in sorted(accepted, key=lambda r: (r["video_uri"], r["start_s"], r["clip_id"])):
+                if verdicts.get(row["clip_id"]) == "reject":
+                    left["review_rejected"] += 1
+                    continue
+                planned = by_uri.get(row["video_uri"])
+                row["_split"] = split_of(row["video_id"], self.opts.test_share)
+                row["_caption"], row["_caption_source"] = _caption(row, edits.get(row["clip_id"]))
+                self.stats["review_caption_edits"] += row["_caption_source"] == "review"
+                row["_source"] = (planned.source if planned and planned.source
+                                  else posixpath.basename(posixpath.dirname(row["video_uri"])))
+                row["_license"] = planned.license if planned else None
+                row["_annotation"] = self._annotation(row)
+                row["_questions"] = self._questions(row)
+                yield row
+
+    @staticmethod
+    def _exported_columns(table: pa.Table) -> pa.Table:
+        """Per-frame lists (boxes, keypoints, OCR text) are never exported: they stay in Arrow and are dropped."""
+        return table.select([f.name for f in table.schema if not pa.types.is_nested(f.type) or f.name in LIST_COLUMNS])
+
+    @functools.cached_property
+    def schema(self) -> pa.Schema:
+        """The exported columns of every committed shard as one schema (a column a recipe change added is null in
+        older shards), from the Parquet footers alone."""
+        schemas = [read_manifest_schema(self.src, s) for s in sorted(committed_shards(self.src))]
+        unified = pa.unify_schemas(schemas, promote_options="permissive")
+        return self._exported_columns(unified.empty_table()).schema
 
     def _annotation(self, row: dict) -> dict | None:
         """The clip's annotations when they are of this format's style (haic QA makes no hmi QA)."""
@@ -324,11 +392,10 @@ class Exporter:
         self.dst.write_from(rel, source)
         self.listing.append(rel)
 
-    def clip_stream(self, rows: list[dict]) -> Iterator[tuple[dict, bytes | None]]:
+    def clip_stream(self, rows: Iterable[dict]) -> Iterator[tuple[dict, bytes | None]]:
         """Each row with its clip file's bytes (None with --clips none), in order, cut `workers` at a time with at
         most twice that many files in memory; a clip whose file cannot be made is left out and counted."""
-        for row in rows:
-            row["_clip_method"], row["_video"] = "none", row["video_uri"]
+        rows = (_without_clip_file(row) for row in rows)
         if self.opts.clips == "none":
             yield from ((row, None) for row in rows)
             return
@@ -367,21 +434,15 @@ class Exporter:
     def run(self) -> ExportResult:
         self._check_destination()
         writer = WRITERS[self.opts.fmt](self)
-        rows = writer.write(self.clip_stream(writer.select(self.rows())))
-        self.stats["splits"] = {s: {"clips": sum(r["_split"] == s for r in rows),
-                                    "videos": len({r["video_id"] for r in rows if r["_split"] == s})} for s in SPLITS}
-        self.stats["questions"] = self._question_counts(rows)
-        self.put(CARD, render_card(self, rows).encode())
+        self.tally = Tally(QUESTION_GROUP.get(self.opts.fmt))
+        writer.write(self.tally.counted(self.clip_stream(writer.select(self.rows()))))
+        self.stats["splits"] = self.tally.splits()
+        self.stats["questions"] = dict(sorted(self.tally.questions.items()))
+        self.put(CARD, render_card(self, self.tally).encode())
         listing = sorted([*self.listing, EXPORT_JSON])
         summary = self._summary(listing)
         self.put(EXPORT_JSON, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
         return ExportResult(self.dst.root, listing, summary)
-
-    def _question_counts(self, rows: list[dict]) -> dict:
-        key = QUESTION_GROUP.get(self.opts.fmt)
-        if not key:
-            return {}
-        return dict(sorted(Counter(q.get(key) or "?" for r in rows for q in r["_questions"]).items()))
 
     def _summary(self, listing: list[str]) -> dict:
         s = self.stats
@@ -409,72 +470,101 @@ class Exporter:
 
 # ---------------------------------------------------------------------------------------------------------- writers
 class Writer:
-    """One format: which rows it takes and the files it writes (into exporter.files), with counts."""
+    """One format: which rows it takes and the files it writes (through exporter.put / put_file), with counts.
+    Rows stream through once; a format's files are spooled to temporary files and uploaded whole at the end."""
 
     def __init__(self, exporter: Exporter):
         self.ex = exporter
         self.fmt = exporter.opts.fmt
 
-    def select(self, rows: list[dict]) -> list[dict]:
+    def select(self, rows: Iterable[dict]) -> Iterable[dict]:
         return rows
 
-    def write(self, stream: Iterator[tuple[dict, bytes | None]]) -> list[dict]:
-        """Consume (row, clip file bytes or None) in order; returns the rows written."""
-        rows = []
+    def write(self, stream: Iterator[tuple[dict, bytes | None]]) -> None:
+        """Consume (row, clip file bytes or None) in order."""
         for row, clip in stream:
             if clip is not None:
                 self.ex.put(row["_video"], clip)
-            rows.append(row)
-        self.write_records(rows)
-        return rows
+            self.add(row)
+        self.finish()
 
-    def write_records(self, rows: list[dict]) -> None:
+    def add(self, row: dict) -> None:
         raise NotImplementedError
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+
+class TextSpool:
+    """A text file written line by line to a temporary file, uploaded when closed."""
+
+    def __init__(self):
+        self.raw = tempfile.TemporaryFile()
+        self.text = io.TextIOWrapper(self.raw, encoding="utf-8", newline="")
+        self.records = 0
+
+    def upload(self, ex: Exporter, path: str) -> None:
+        self.text.flush()
+        self.text.detach()
+        self.raw.seek(0)
+        ex.put_file(path, self.raw)
+        self.raw.close()
+        ex.stats["written"][path] = self.records
 
 
 class TableWriter(Writer):
     """The JSONL/CSV formats (haic, hmi, hoigen, actionart): files per split, records from MAPPING."""
 
+    def __init__(self, exporter: Exporter):
+        super().__init__(exporter)
+        self.spools: dict[tuple[int, str], tuple[TextSpool, csv.DictWriter | None]] = {}
+
     def select(self, rows):
         if not any(spec.needs_caption for spec in MAPPING[self.fmt]):
-            return rows
-        kept = [r for r in rows if r["_caption"]]
-        if len(kept) < len(rows):
-            self.ex.stats["left_out"]["no_caption"] += len(rows) - len(kept)
-        return kept
+            yield from rows
+            return
+        for row in rows:
+            if row["_caption"]:
+                yield row
+            else:
+                self.ex.stats["left_out"]["no_caption"] += 1
 
-    def write_records(self, rows):
-        for spec in MAPPING[self.fmt]:
-            for split in SPLITS:
-                records = [{f.name: f.get(item) for f in spec.fields}
-                           for item in self._items(spec, [r for r in rows if r["_split"] == split])]
-                if not records:
-                    continue  # no empty files: the card says what is absent
-                path = f"{spec.stem}.{split}.{spec.kind}"
-                self.ex.put(path, _jsonl(records) if spec.kind == "jsonl" else _csv(spec, records))
-                self.ex.stats["written"][path] = len(records)
+    def add(self, row):
+        for index, spec in enumerate(MAPPING[self.fmt]):
+            for item in self._items(spec, row):
+                record = {f.name: f.get(item) for f in spec.fields}
+                spool, writer = self._spool(index, spec, row["_split"])
+                if writer is None:
+                    spool.text.write(json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n")
+                else:
+                    writer.writerow(record)
+                spool.records += 1
+
+    def _spool(self, index: int, spec: FileSpec, split: str) -> tuple[TextSpool, csv.DictWriter | None]:
+        """A file is opened at its first record: no empty files (the card says what is absent)."""
+        key = (index, split)
+        if key not in self.spools:
+            spool = TextSpool()
+            writer = None
+            if spec.kind == "csv":
+                writer = csv.DictWriter(spool.text, fieldnames=[f.name for f in spec.fields], lineterminator="\n")
+                writer.writeheader()
+            self.spools[key] = (spool, writer)
+        return self.spools[key]
+
+    def finish(self):
+        specs = MAPPING[self.fmt]
+        for (index, split), (spool, _) in sorted(self.spools.items()):
+            spool.upload(self.ex, f"{specs[index].stem}.{split}.{specs[index].kind}")
 
     @staticmethod
-    def _items(spec: FileSpec, rows: list[dict]) -> Iterator[Item]:
-        for row in rows:
-            if spec.unit == "clip":
-                yield Item(row)
-            elif spec.unit == "questions":
-                yield from (Item(row, q) for q in row["_questions"])
-            else:
-                yield from (Item(row, p) for p in (row["_annotation"] or {}).get(spec.unit) or [])
-
-
-def _jsonl(records: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=False) + "\n" for r in records).encode()
-
-
-def _csv(spec: FileSpec, records: list[dict]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[f.name for f in spec.fields], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    return buf.getvalue().encode()
+    def _items(spec: FileSpec, row: dict) -> Iterator[Item]:
+        if spec.unit == "clip":
+            yield Item(row)
+        elif spec.unit == "questions":
+            yield from (Item(row, q) for q in row["_questions"])
+        else:
+            yield from (Item(row, p) for p in (row["_annotation"] or {}).get(spec.unit) or [])
 
 
 class FlatWriter(Writer):
@@ -489,24 +579,64 @@ class FlatWriter(Writer):
                   and not pa.types.is_nested(f.type)]
         return derived + scalar
 
-    def records(self, rows: list[dict]) -> list[dict]:
-        derived = {f.name: f.get for f in FLAT_FIELDS}
-        names = [f.name for f in self.columns]
-        return [{n: (derived[n](Item(r)) if n in derived else r.get(n)) for n in names} for r in rows]
+    @functools.cached_property
+    def scalar_names(self) -> list[str]:
+        return [f.name for f in self.columns[len(FLAT_FIELDS):]]
+
+    def record(self, row: dict) -> dict:
+        item = Item(row)
+        record = {f.name: f.get(item) for f in FLAT_FIELDS}
+        record.update((name, row.get(name)) for name in self.scalar_names)
+        return record
 
 
 class ParquetWriter(FlatWriter):
-    def write_records(self, rows):
-        schema = pa.schema(self.columns)
+    """`parquet/<split>.parquet`, written a row group at a time; records wait as Arrow batches, not Python dicts."""
+
+    BATCH = 1_000  # records turned into Arrow at a time
+    ROW_GROUP = 20_000
+
+    def __init__(self, exporter: Exporter):
+        super().__init__(exporter)
+        self.records: dict[str, list[dict]] = defaultdict(list)
+        self.batches: dict[str, list[pa.Table]] = defaultdict(list)
+        self.files: dict[str, tuple[Any, pq.ParquetWriter]] = {}
+        self.written: Counter = Counter()
+
+    def add(self, row):
+        split = row["_split"]
+        self.records[split].append(self.record(row))
+        self.written[split] += 1
+        if len(self.records[split]) == self.BATCH:
+            self._batch(split)
+            if sum(t.num_rows for t in self.batches[split]) >= self.ROW_GROUP:
+                self._write(split)
+
+    def _batch(self, split: str) -> None:
+        records = self.records.pop(split, [])
+        if records:
+            self.batches[split].append(pa.Table.from_pylist(records, schema=pa.schema(self.columns)))
+
+    def _write(self, split: str) -> None:
+        if split not in self.files:
+            spool = tempfile.TemporaryFile()
+            self.files[split] = (spool, pq.ParquetWriter(spool, pa.schema(self.columns), compression="zstd"))
+        self.files[split][1].write_table(pa.concat_tables(self.batches.pop(split)), row_group_size=self.ROW_GROUP)
+
+    def finish(self):
         for split in SPLITS:
-            records = self.records([r for r in rows if r["_split"] == split])
-            if not records:
+            self._batch(split)
+            if self.batches.get(split):
+                self._write(split)
+            if split not in self.files:
                 continue
-            buf = io.BytesIO()
-            pq.write_table(pa.Table.from_pylist(records, schema=schema), buf, compression="zstd")
+            spool, writer = self.files.pop(split)
+            writer.close()
+            spool.seek(0)
             path = f"parquet/{split}.parquet"
-            self.ex.put(path, buf.getvalue())
-            self.ex.stats["written"][path] = len(records)
+            self.ex.put_file(path, spool)
+            spool.close()
+            self.ex.stats["written"][path] = self.written[split]
 
 
 class WebDatasetWriter(FlatWriter):
@@ -518,7 +648,6 @@ class WebDatasetWriter(FlatWriter):
         size = max(1, self.ex.opts.samples_per_shard)
         open_shards: dict[str, tuple[tarfile.TarFile, Any, int]] = {}
         shard_index: Counter = Counter()
-        rows = []
         for row, clip in stream:
             split = row["_split"]
             if split not in open_shards:
@@ -526,17 +655,15 @@ class WebDatasetWriter(FlatWriter):
                 open_shards[split] = (tarfile.open(fileobj=spool, mode="w", format=tarfile.USTAR_FORMAT), spool, 0)
             tar, spool, count = open_shards[split]
             self._add_sample(tar, row, clip)
-            rows.append(row)
             open_shards[split] = (tar, spool, count + 1)
             if count + 1 == size:
                 self._close(split, shard_index, *open_shards.pop(split))
         for split in sorted(open_shards):
             self._close(split, shard_index, *open_shards.pop(split))
-        return rows
 
     def _add_sample(self, tar: tarfile.TarFile, row: dict, clip: bytes | None) -> None:
         key = row["clip_id"]
-        record = self.records([row])[0]
+        record = self.record(row)
         members = []
         if clip is not None:
             record["video"] = f"{key}.mp4"
@@ -595,7 +722,7 @@ def front_matter(written: list[str]) -> list[str]:
     return [*out, "---", ""]
 
 
-def render_card(ex: Exporter, rows: list[dict]) -> str:
+def render_card(ex: Exporter, tally: Tally) -> str:
     opts, stats = ex.opts, ex.stats
     info = run_info(ex.src) or {}
     recipe = info.get("recipe", {})
@@ -613,12 +740,11 @@ def render_card(ex: Exporter, rows: list[dict]) -> str:
     out += _table(["file", "records"], [[f"`{p}`", n] for p, n in sorted(stats["written"].items())])
     style = ANNOTATION_STYLE.get(opts.fmt)
     if style:
-        annotated = sum(1 for r in rows if r["_annotation"])
-        if not annotated:
+        if not tally.annotated:
             out.append(f"No clip carries `{style}` annotations (the annotate stage did not run with style `{style}`): "
                        f"QA and other annotation files are absent or empty; the captions are complete.")
         else:
-            out.append(f"{annotated} of {len(rows)} clips carry `{style}` annotations.")
+            out.append(f"{tally.annotated} of {tally.total} clips carry `{style}` annotations.")
         out.append("")
     if stats["questions"]:
         out += [f"### Questions by {QUESTION_GROUP[opts.fmt]}", ""]
@@ -647,21 +773,12 @@ def render_card(ex: Exporter, rows: list[dict]) -> str:
         out += _table(["rule", "questions"], [[k, v] for k, v in qa["dropped"].items()]) if qa["dropped"] \
             else ["(none)", ""]
     out += ["## Models", ""]
-    models = Counter()
-    for r in rows:
-        for k, v in r.items():
-            if not k.startswith("_") and (k.endswith("_model") or k.endswith("_backend")) and isinstance(v, str) and v:
-                models[(k, v)] += 1
+    models = tally.models
     out += _table(["column", "model", "clips"], [[f"`{k}`", v, n] for (k, v), n in sorted(models.items())]) if models \
         else ["No model columns in the exported rows.", ""]
     out += ["## Sources and licences", "", "As given in the input list (`license`, `source` columns):", ""]
-    by_licence: dict[str, set] = defaultdict(set)
-    by_source: dict[str, set] = defaultdict(set)
-    for r in rows:
-        by_licence[r["_license"] or "not given"].add(r["video_id"])
-        by_source[r["_source"]].add(r["video_id"])
-    out += _table(["licence", "videos"], [[k, len(v)] for k, v in sorted(by_licence.items())])
-    out += _table(["source", "videos"], [[k, len(v)] for k, v in sorted(by_source.items())])
+    out += _table(["licence", "videos"], [[k, n] for k, n in sorted(tally.licences.items())])
+    out += _table(["source", "videos"], [[k, n] for k, n in sorted(tally.sources.items())])
     if opts.clips != "none":
         out += ["## Clip files", "",
                 "Each clip is its manifest span [start_s, end_s) of the source video, video only. `copy`: the packets "

@@ -34,6 +34,12 @@ def read_manifest(store: Store, shard_id: str) -> pa.Table:
     return read_parquet_bytes(store.read_bytes(manifest_path(shard_id)))
 
 
+def read_manifest_schema(store: Store, shard_id: str) -> pa.Schema:
+    """A manifest's columns from its Parquet footer alone (on S3: ranged reads of the file's end)."""
+    with store.open_input_file(manifest_path(shard_id)) as f:
+        return pq.read_schema(f)
+
+
 def read_manifests(store: Store, shard_ids: list[str]) -> pa.Table | None:
     """All rows of the given shards as one table; columns a recipe change added are null in older shards."""
     tables = [read_manifest(store, s) for s in shard_ids]

@@ -111,8 +111,8 @@ def frame_jpeg(uri: str, t: float, width: int = THUMB_WIDTH, quality: int = 70) 
     return buf.tobytes() if ok else None
 
 
-def pick_thumbnails(rows: list[dict]) -> dict[str, list[dict]]:
-    """A few clips per rejection rule and a few accepted ones, in clip id order (deterministic)."""
+def _thumbnail_groups(rows: list[dict]) -> dict[str, list[dict]]:
+    """Per rejection rule (and "accepted") its first clips in clip id order, as many as a group shows."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in sorted(rows, key=lambda r: r["clip_id"]):
         if r["end_s"] is None:
@@ -122,6 +122,17 @@ def pick_thumbnails(rows: list[dict]) -> dict[str, list[dict]]:
         limit = THUMBS_ACCEPTED if key == "accepted" else THUMBS_PER_RULE
         if key and len(groups[key]) < limit:
             groups[key].append(r)
+    return groups
+
+
+def thumbnail_candidates(kept: list[dict], shard_rows: list[dict]) -> list[dict]:
+    """What the audit keeps of each shard's rows for the thumbnails: the rows a group could still show."""
+    return [r for group in _thumbnail_groups(kept + shard_rows).values() for r in group]
+
+
+def pick_thumbnails(rows: list[dict]) -> dict[str, list[dict]]:
+    """A few clips per rejection rule and a few accepted ones, in clip id order (deterministic)."""
+    groups = _thumbnail_groups(rows)
     picked, total = {}, 0
     for key in ["accepted"] + sorted(k for k in groups if k != "accepted"):
         if key in groups:
@@ -160,7 +171,7 @@ def write_report(output: str, path: str) -> dict:
 
     from manifests.audit import audit_with_rows
 
-    report, rows = audit_with_rows(output)
+    report, rows = audit_with_rows(output, thumbnail_candidates)
     Path(path).write_text(render_html(report, rows), encoding="utf-8")
     return report
 

@@ -153,8 +153,9 @@ def agreement(reviews) -> list[dict]:
     return out
 
 
-def summary(store: Store, manifest_status: dict[str, str] | None = None) -> dict:
-    """Counts for `status` and `audit`. With clip -> manifest status, also what the reviews changed."""
+def summary(store: Store, manifest_status: dict[str, str] | None = None, accepted_total: int | None = None) -> dict:
+    """Counts for `status` and `audit`. With clip -> manifest status, also what the reviews changed; the map may hold
+    only the reviewed clips when `accepted_total` gives how many clips the pipeline accepted."""
     reviews = read_reviews(store)
     rows = reviews.to_pylist()
     verdicts = clip_verdicts(rows)
@@ -172,5 +173,6 @@ def summary(store: Store, manifest_status: dict[str, str] | None = None) -> dict
     if manifest_status is not None:
         accepted = [c for c, s in manifest_status.items() if s == "accepted"]
         out["accepted_review_rejected"] = sum(verdicts.get(c) == "reject" for c in accepted)
-        out["accepted_after_review"] = len(accepted) - out["accepted_review_rejected"]
+        total = len(accepted) if accepted_total is None else accepted_total
+        out["accepted_after_review"] = total - out["accepted_review_rejected"]
     return out

@@ -102,6 +102,10 @@ class Store:
         with self.fs.open_input_stream(self._path(rel)) as f:
             return f.read()
 
+    def open_input_file(self, rel: str):
+        """A random-access reader (Arrow's NativeFile): a reader of a file's footer fetches only that part."""
+        return self.fs.open_input_file(self._path(rel))
+
     def write_bytes(self, rel: str, data: bytes, sync: bool = True) -> None:
         """Atomic: a reader sees the old content or the new, never a partial file.
 
