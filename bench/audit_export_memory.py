@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))
 CACHE = REPO / "bench" / ".cache" / "audit_export"
 CLIPS_PER_VIDEO = 25
 SHARD_SIZE = 64
-CAPTION = "A man in a grey shirt lifts a barbell from the floor to his shoulders, pauses, then presses it overhead. " * 6
+CAPTION = "A man in a grey shirt lifts a barbell from the floor to his shoulders, pauses, then presses it up. " * 6
 
 
 def columns(video: int, clip: int) -> dict:

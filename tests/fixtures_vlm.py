@@ -5,7 +5,17 @@
 It answers from scripted rules that depend on the prompt text, the model and the images (each JPEG's mean colour
 is named, so a different frame changes the answer; a Gemini inline video is decoded and sampled at its
 videoMetadata fps between its offsets, each sampled frame's colour named likewise), fills the requested json_schema, injects latency and faults,
-and counts requests. Control: POST /_rules (a JSON list, replaces the rules), GET /_stats, POST /_reset.
+and counts requests. Control: POST /_rules (a JSON list, replaces the rules), GET /_stats, POST /_reset,
+POST /_files (faults for the next uploads, below).
+
+Gemini's Files API as the real one answers it: a resumable upload (POST /upload/v1beta/files with
+`X-Goog-Upload-Command: start` answers an `x-goog-upload-url`; POST there with `upload, finalize` and the bytes
+answers {"file": {name, uri, state: PROCESSING, ...}}), GET /v1beta/files/ID (PROCESSING on the first ask, then
+ACTIVE), DELETE /v1beta/files/ID; a generateContent part {"fileData": {"fileUri": ...}} reads the stored file (400
+FAILED_PRECONDITION while it is not ACTIVE, 403 for an unknown or deleted file). Every files request is logged in
+/_stats "files". POST /_files {"faults": [...]}: one per upload, in order: "503" (the start answers 503), "reset"
+(the bytes' connection is closed unanswered, twice: a client resends a request once on a new connection when a
+kept-alive one closes unanswered), "failed" (processing ends FAILED), "" (none).
 
 A rule: {"model": exact, "text": regex over the prompt, "colors": [names every one of which must be seen],
 "times": how many matching requests it applies to, "fault": 429|500|400|timeout|malformed|empty|repeat|length|
@@ -73,14 +83,25 @@ def images_of(messages: list[dict]) -> list[bytes]:
 OFFSET = re.compile(r"^\d+(\.\d{1,9})?s$")  # a protobuf Duration as JSON writes it: "1.250s"
 
 
-def gemini_request(body: dict) -> tuple[str, list[bytes], dict | None, list[dict]]:
+class FileStateError(Exception):
+    """A fileData part naming a file the server cannot use (unknown, deleted, not yet ACTIVE)."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+def gemini_request(body: dict, stored_file=None) -> tuple[str, list[bytes], dict | None, list[dict]]:
     """The prompt text, the inline images, the schema and the videos (read as Gemini would) of a generateContent
-    body. A malformed video part raises ValueError (the server answers 400, as the API does)."""
+    body; `stored_file(uri)` gives an uploaded file's bytes. A malformed video part raises ValueError (the server
+    answers 400, as the API does)."""
     texts, images, videos = [], [], []
     for content in body.get("contents", []):
         for part in content.get("parts", []):
             if "text" in part:
                 texts.append(part["text"])
+            elif "fileData" in part:
+                videos.append(read_video(stored_file(part["fileData"]["fileUri"]), part.get("videoMetadata")))
             elif part.get("inlineData", {}).get("mimeType", "").startswith("video/"):
                 videos.append(read_video(b64(part["inlineData"]["data"]), part.get("videoMetadata")))
             elif "inlineData" in part:
@@ -210,6 +231,10 @@ class State:
         self.rules: list[dict] = []
         self.used: list[int] = []
         self.log: list[dict] = []
+        self.files: dict[str, dict] = {}  # "files/ID" -> data, mimeType, state, polls
+        self.uploads: dict[str, dict] = {}  # upload id -> the start's metadata and its fault
+        self.file_faults: list[str] = []
+        self.files_log: list[dict] = []
 
     def match(self, model: str, text: str, colors: list[str]) -> dict | None:
         with self.lock:
@@ -249,6 +274,16 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _stored_file(self, uri: str) -> bytes:
+        name = re.search(r"(files/[^/?]+)$", uri)
+        with self.state.lock:
+            file = self.state.files.get(name.group(1)) if name else None
+        if file is None:
+            raise FileStateError(403, "PERMISSION_DENIED", f"You do not have permission to access the File {uri}")
+        if file["state"] != "ACTIVE":
+            raise FileStateError(400, "FAILED_PRECONDITION", f"The File {name.group(1)} is not in an ACTIVE state")
+        return file["data"]
+
     def _authorized(self) -> bool:
         key = self.state.api_key
         if "x-goog-api-key" in self.headers or ":generateContent" in self.path or "/v1beta/" in self.path:
@@ -267,7 +302,23 @@ class Handler(BaseHTTPRequestHandler):
             with self.state.lock:
                 brief = "brief" in self.path  # /_stats?brief: counts and arrival times only (benchmarks)
                 log = [{"t": e["t"]} for e in self.state.log] if brief else self.state.log
-                return self._send(200, {"requests": len(self.state.log), "log": log})
+                return self._send(200, {"requests": len(self.state.log), "log": log, "files": self.state.files_log,
+                                        "stored": sorted(self.state.files)})
+        file_name = re.search(r"/v1beta/(files/[^/?]+)$", self.path)
+        if file_name:
+            if self._authorized():
+                self._log_file("get")
+                with self.state.lock:
+                    file = self.state.files.get(file_name.group(1))
+                    if file is not None and file["state"] == "PROCESSING":
+                        file["polls"] += 1
+                        if file["polls"] > 1:
+                            file["state"] = "FAILED" if file["fault"] == "failed" else "ACTIVE"
+                if file is None:
+                    return self._send(403, {"error": {"code": 403, "status": "PERMISSION_DENIED",
+                                                      "message": "You do not have permission to access the File"}})
+                self._send(200, self._file_json(file_name.group(1)))
+            return
         gemini_model = re.search(r"/v1beta/models/([^:]+)$", self.path)
         if gemini_model:
             if self._authorized():
@@ -283,9 +334,79 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._send(404, {"error": {"message": "not found"}})
 
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+    def do_DELETE(self):
+        file_name = re.search(r"/v1beta/(files/[^/?]+)$", self.path)
+        if not file_name:
+            return self._send(404, {"error": {"message": "not found"}})
+        if self._authorized():
+            self._log_file("delete")
+            with self.state.lock:
+                gone = self.state.files.pop(file_name.group(1), None)
+            self._send(200 if gone else 403, {} if gone else {"error": {"code": 403, "status": "PERMISSION_DENIED"}})
+
+    def _log_file(self, what: str, **extra) -> None:
+        with self.state.lock:
+            self.state.files_log.append({"what": what, "path": self.path, **extra,
+                                         "headers": {k.lower(): v for k, v in self.headers.items()
+                                                     if k.lower().startswith("x-goog-upload")
+                                                     or k.lower() == "content-type"}})
+
+    def _file_json(self, name: str) -> dict:
+        file = self.state.files[name]
+        out = {"name": name, "mimeType": file["mimeType"], "sizeBytes": str(len(file["data"])),
+               "uri": f"http://{self.headers.get('Host')}/v1beta/{name}", "state": file["state"]}
+        if file["state"] == "FAILED":
+            out["error"] = {"code": 400, "message": "the video could not be processed"}
+        return out
+
+    def _upload(self, raw: bytes) -> None:
+        """The Files API's resumable upload: the start, then the bytes (one `upload, finalize`)."""
         state = self.state
+        command = self.headers.get("X-Goog-Upload-Command", "")
+        if command == "start":  # the bytes go to the session URL, which the upload id authorises (no key needed)
+            if not self._authorized():
+                return
+            meta = json.loads(raw or b"{}")
+            with state.lock:
+                fault = state.file_faults.pop(0) if state.file_faults else ""
+                upload_id = f"u{len(state.uploads)}"
+                state.uploads[upload_id] = {"meta": meta, "fault": fault,
+                                            "size": int(self.headers.get("X-Goog-Upload-Header-Content-Length", -1)),
+                                            "mime": self.headers.get("X-Goog-Upload-Header-Content-Type")}
+            self._log_file("start", body=meta)
+            if fault == "503":
+                return self._send(503, {"error": {"code": 503, "message": "injected 503", "status": "UNAVAILABLE"}})
+            url = (f"http://{self.headers.get('Host')}/upload/v1beta/files?upload_id={upload_id}"
+                   "&upload_protocol=resumable")
+            return self._send(200, {}, {"x-goog-upload-url": url, "x-goog-upload-status": "active"})
+        upload_id = re.search(r"upload_id=([^&]+)", self.path)
+        upload = state.uploads.get(upload_id.group(1)) if upload_id else None
+        self._log_file("bytes", size=len(raw))
+        if upload is None or "finalize" not in command or self.headers.get("X-Goog-Upload-Offset") != "0":
+            return self._send(400, {"error": {"code": 400, "message": f"unexpected upload request {command!r}"}})
+        if upload["fault"].startswith("reset"):  # twice: a client may resend once on a new connection
+            upload["fault"] = "reset again" if upload["fault"] == "reset" else ""
+            self.close_connection = True
+            self.request.shutdown(socket.SHUT_RDWR)
+            return
+        if len(raw) != upload["size"]:
+            return self._send(400, {"error": {"code": 400, "message": "size differs from the start's"}})
+        with state.lock:
+            name = f"files/{hashlib.sha1(raw).hexdigest()[:10]}{len(state.files_log)}"
+            state.files[name] = {"data": raw, "mimeType": upload["mime"], "state": "PROCESSING", "polls": 0,
+                                 "fault": upload["fault"]}
+        self._send(200, {"file": self._file_json(name)}, {"x-goog-upload-status": "final"})
+
+    def do_POST(self):
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.startswith("/upload/"):
+            return self._upload(raw)
+        body = json.loads(raw or b"{}")
+        state = self.state
+        if self.path == "/_files":
+            with state.lock:
+                state.file_faults = list(body.get("faults", []))
+            return self._send(200, {"ok": True})
         if self.path == "/_rules":
             with state.lock:
                 state.rules, state.used = body, [0] * len(body)
@@ -293,6 +414,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_reset":
             with state.lock:
                 state.log.clear()
+                state.files_log.clear()
+                state.file_faults = []
             return self._send(200, {"ok": True})
         gemini = re.search(r"/models/([^/:]+):generateContent$", self.path)
         if not self.path.endswith("/chat/completions") and not gemini:
@@ -304,7 +427,10 @@ class Handler(BaseHTTPRequestHandler):
             model, raw_shape = gemini.group(1), shape(body)
             body = camel(body)
             try:
-                text, images, schema, videos = gemini_request(body)
+                text, images, schema, videos = gemini_request(body, self._stored_file)
+            except FileStateError as exc:
+                return self._send(exc.status, {"error": {"code": exc.status, "message": str(exc),
+                                                         "status": exc.reason}})
             except (ValueError, KeyError) as exc:
                 return self._send(400, {"error": {"code": 400, "message": str(exc), "status": "INVALID_ARGUMENT"}})
             seed = (body.get("generationConfig") or {}).get("seed")
@@ -423,6 +549,9 @@ class VlmServer:
 
     def reset(self) -> None:
         self._post("/_reset", {})
+
+    def file_faults(self, faults: list[str]) -> None:
+        self._post("/_files", {"faults": faults})
 
     def stats(self, brief: bool = False) -> dict:
         import requests

@@ -97,18 +97,53 @@ def test_mome_experts_see_the_same_span(vlm, video, tmp_path):
         again.error_message
 
 
-def test_clip_mode_needs_gemini_and_a_span_within_the_inline_limit(vlm, video, tmp_path):
+def test_clip_mode_needs_gemini(vlm, video, tmp_path):
     with pytest.raises(UserError, match="caption: send: clip needs backend gemini .* it has backend openai"):
         CaptionStage(CaptionStage.Params(send="clip")).preflight()
     with pytest.raises(UserError, match="24 fps at most"):
         CaptionStage(CaptionStage.Params(send="clip", fps=30, **gemini(vlm))).preflight()
     CaptionStage(CaptionStage.Params(send="clip", **gemini(vlm))).preflight()
-    wrong, big = span_clip(video, 2.1, 3.5), span_clip(video, 0.0, 6.0)
+    wrong = span_clip(video, 2.1, 3.5)
     run(CaptionStage, tmp_path / "a", [wrong], send="clip")  # a worker that skipped preflight: an error row
-    run(CaptionStage, tmp_path / "b", [big], send="clip", max_inline_mb=0.001, **gemini(vlm))
     assert wrong.status == "error" and "backend openai takes frames only" in wrong.error_message
-    assert big.status == "error" and "over the inline limit max_inline_mb=0.001" in big.error_message
     assert vlm.stats()["requests"] == 0
+
+
+def test_a_span_over_the_inline_limit_goes_through_the_files_api(vlm, video, tmp_path):
+    """Uploaded (resumable start, then the bytes), used once the API has processed it, deleted after the call; the
+    answer is the one the inline span gets. Upload faults are retried from a new start; a file the API fails to
+    process makes an error row that says so, and is deleted too."""
+    inline, uploaded = span_clip(video, 2.1, 3.5), span_clip(video, 2.1, 3.5)
+    run(CaptionStage, tmp_path / "inline", [inline], send="clip", fps=2.0, **gemini(vlm))
+    vlm.reset()
+    vlm.file_faults(["503", "reset", ""])  # the first start answers 503, the second upload's bytes are cut off
+    run(CaptionStage, tmp_path / "file", [uploaded], send="clip", fps=2.0, max_inline_mb=0.001, **gemini(vlm))
+    assert uploaded.status == "accepted", uploaded.error_message
+    assert uploaded.columns["caption_text"] == inline.columns["caption_text"]  # the same frames, sampled alike
+    stats = vlm.stats()
+    [call] = stats["log"]
+    assert "fileData" in json.dumps(call["shape"]) and "inlineData" not in json.dumps(call["shape"])
+    assert call["videos"][0]["start"] == 0.9 and call["videos"][0]["end"] == 2.3
+    steps = [f["what"] for f in stats["files"]]
+    # 503 at the start; then the bytes cut off twice (once resent on a new connection): a new start
+    assert steps[:6] == ["start", "start", "bytes", "bytes", "start", "bytes"] and steps[-1] == "delete"
+    assert "get" in steps[6:-1]  # waited for PROCESSING to end before the call
+    size = str(uploaded.columns["caption_video"]["bytes"])
+    start, data = stats["files"][4], stats["files"][5]
+    assert start["headers"]["x-goog-upload-protocol"] == "resumable"
+    assert start["headers"]["x-goog-upload-header-content-length"] == size
+    assert start["body"] == {"file": {"mimeType": "video/mp4", "sizeBytes": int(size)}}
+    assert data["size"] == int(size) and data["headers"]["x-goog-upload-command"] == "upload, finalize"
+    assert stats["stored"] == []  # deleted after the call
+
+    vlm.reset()
+    vlm.file_faults(["failed"])
+    failed = span_clip(video, 3.7, 5.0)
+    run(CaptionStage, tmp_path / "failed", [failed], send="clip", max_inline_mb=0.001, **gemini(vlm))
+    assert failed.status == "error"
+    assert "the Files API did not accept the clip's" in failed.error_message
+    assert "the video could not be processed" in failed.error_message
+    assert vlm.stats()["requests"] == 0 and vlm.stats()["stored"] == []
 
 
 def test_our_request_matches_what_google_genai_sends(vlm, video):
@@ -159,3 +194,42 @@ def test_our_request_matches_what_google_genai_sends(vlm, video):
     assert mine["body_config"] == theirs["body_config"]  # values too, schema included
     assert mine["colors"] == theirs["colors"] == ["red", "blue", "blue", "blue"] and mine["videos"] == theirs["videos"]
     assert answer.text == reply.content and answer.usage_metadata.thoughts_token_count == reply.thinking_tokens == 7
+
+
+def test_our_upload_matches_what_google_genai_sends(vlm, video):
+    """The same span uploaded through the SDK's files.upload and through our client: the same start (path, upload
+    headers, metadata) and the same bytes request; both get a file the API then serves."""
+    genai = pytest.importorskip("google.genai")
+    from google.genai import types
+
+    from stages.caption.client import EndpointParams, Request, make_client
+
+    span = copy_span(video, 2.1, 3.5, 2.0)
+    client = make_client(EndpointParams(**gemini(vlm)), 1, "caption")
+    request = Request(text="describe", video=span.data, video_metadata=span.metadata(), upload_video=True)
+
+    async def ours():
+        try:
+            await client.prepare(request)
+            return dict(request.video_file)
+        finally:
+            await client.aclose()
+
+    mine = asyncio.run(ours())
+    sdk = genai.Client(api_key=KEY, http_options=types.HttpOptions(
+        base_url=vlm.root, api_version="v1beta", retry_options=types.HttpRetryOptions(attempts=1)))
+    theirs = sdk.files.upload(file=__import__("io").BytesIO(span.data), config={"mime_type": "video/mp4"})
+    log = vlm.stats()["files"]
+    second_start = next(i for i, e in enumerate(log) if i and e["what"] == "start")
+    ours_log, sdk_log = log[:second_start], log[second_start:]
+    assert [e["what"] for e in ours_log][:2] == [e["what"] for e in sdk_log][:2] == ["start", "bytes"]
+    for a, b in zip(ours_log[:2], sdk_log[:2]):
+        assert a["path"].split("?")[0] == b["path"].split("?")[0]
+    assert ours_log[0]["headers"] == sdk_log[0]["headers"]
+    # the bytes: the same command and offset (the SDK repeats the start's headers there too; the API ignores them)
+    assert ours_log[1]["headers"].items() <= sdk_log[1]["headers"].items()
+    assert ours_log[1]["headers"]["x-goog-upload-command"] == "upload, finalize"
+    assert camel(ours_log[0]["body"]) == ours_log[0]["body"]
+    assert ours_log[0]["body"] == camel(sdk_log[0]["body"])
+    assert mine["uri"].endswith(mine["name"]) and theirs.name.startswith("files/") and theirs.uri
+    assert ours_log[-1]["what"] == "get"  # we wait for ACTIVE; the SDK leaves that to its caller

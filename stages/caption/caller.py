@@ -81,6 +81,25 @@ class Caller:
             return result
 
         result = CallResult(expert, p.model, ERROR, prompt_hash=prompt_hash, frames_hash=frames_hash)
+        try:
+            async with self.limit:
+                await client.prepare(request)  # a span over the inline limit is uploaded first (Gemini)
+        except CallError as exc:
+            result.error = str(exc)
+        else:
+            try:
+                await self._ask(client, request, parse, result)
+            finally:
+                await client.release(request)
+        if result.outcome == TRUNCATED and result.parsed is None:
+            result.outcome = ERROR  # nothing usable came back: a redo may ask again
+        record = {**result.record(), "clip_id": clip_id, **(extra_record or {})}
+        await self.records(self.ledger.put, clip_id, key, record)
+        return result
+
+    async def _ask(self, client: ChatClient, request: Request, parse: Callable[[str], Any], result: CallResult) -> None:
+        """The completions of one call into `result`: a new seed after an unusable answer."""
+        p = client.params
         for n in range(p.max_seed_retries + 1):
             seed = p.seed + n
             result.seed = seed
@@ -119,11 +138,6 @@ class Caller:
             result.outcome = TRUNCATED if reply.finish_reason == "length" else SUCCESS
             result.error = None
             break
-        if result.outcome == TRUNCATED and result.parsed is None:
-            result.outcome = ERROR  # nothing usable came back: a redo may ask again
-        record = {**result.record(), "clip_id": clip_id, **(extra_record or {})}
-        await self.records(self.ledger.put, clip_id, key, record)
-        return result
 
 
 def _strings(value: Any) -> list[str]:

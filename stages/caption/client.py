@@ -96,6 +96,8 @@ class Request:
     schema: dict[str, Any] | None = None
     video: bytes | None = None  # send: clip (gemini): the clip's stream-copied span, an MP4
     video_metadata: dict[str, Any] | None = None  # Gemini's videoMetadata for it (startOffset, endOffset, fps)
+    upload_video: bool = False  # over the inline limit: sent through the backend's file upload (Gemini Files API)
+    video_file: dict[str, str] | None = None  # the uploaded file while the calls use it: name, uri, mimeType
 
 
 def retry_after_s(headers) -> float | None:
@@ -130,10 +132,13 @@ class ChatClient:
         self.concurrency = concurrency
         self._http: HttpClient | None = None
 
-    async def _post(self, url: str, payload: dict[str, Any]) -> Response:
+    def _client(self) -> HttpClient:
         if self._http is None:  # made on first use, inside the worker's event loop (preflight never needs it)
             self._http = HttpClient(self.params.timeout_s, self._headers())
-        return await self._http.post_json(url, payload)
+        return self._http
+
+    async def _post(self, url: str, payload: dict[str, Any]) -> Response:
+        return await self._client().post_json(url, payload)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -179,29 +184,41 @@ class ChatClient:
         return response
 
     # -- sending ---------------------------------------------------------------------------------------------------
+    async def prepare(self, request: Request) -> None:
+        """Before a clip's calls: what the request needs on the server first (Gemini uploads a large span)."""
+        if request.upload_video:
+            raise CallError(f"{self.role}: backend {self.params.backend} cannot upload a video file")
+
+    async def release(self, request: Request) -> None:
+        """After a clip's calls: remove what `prepare` put on the server."""
+
     async def complete(self, body: dict[str, Any]) -> Reply:
         """One completion, retried on 408/429/5xx, timeouts and dropped connections (exponential back-off with full
         jitter, never shorter than Retry-After); 400/401/403/404 fail at once."""
-        p = self.params
         started = time.perf_counter()
         url = self.endpoint(body)
         payload = {k: v for k, v in body.items() if not k.startswith("_")}
+        reply, attempts = await self.retrying(lambda: self._post(url, payload), lambda r: self._reply(r.json()))
+        reply.http_attempts = attempts
+        reply.latency_s = time.perf_counter() - started
+        return reply
+
+    async def retrying(self, send, read):
+        """`read(await send())` for a 200 answer, retried as `complete` says (an unreadable 200 is retried too);
+        returns what `read` gave and how many requests it took."""
+        p = self.params
         for attempt in range(p.max_retries + 1):
             wait_at_least = 0.0
             try:
-                response = await self._post(url, payload)
+                response = await send()
             except (HttpTimeout, HttpTransportError) as exc:
                 problem = CallError(f"{self.role}: {type(exc).__name__} talking to {self.url}", retryable=True)
             else:
                 if response.status_code == 200:
                     try:
-                        reply = self._reply(response.json())
+                        return read(response), attempt + 1
                     except (ValueError, KeyError, IndexError, TypeError) as exc:
                         problem = CallError(f"{self.role}: unreadable response body ({exc})", 200, retryable=True)
-                    else:
-                        reply.http_attempts = attempt + 1
-                        reply.latency_s = time.perf_counter() - started
-                        return reply
                 else:
                     retryable = response.status_code in RETRY_STATUS
                     problem = CallError(f"{self.role}: HTTP {response.status_code} from {self.url}: "

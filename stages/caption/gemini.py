@@ -2,7 +2,8 @@
 
 The wire format is the one google-genai writes, pinned by tests/test_gemini.py, which sends one request through the
 real SDK and through this client and compares the bodies: frames as inline JPEG parts, or (send: clip) the clip's
-stream-copied span as one inline video/mp4 part with `videoMetadata` offsets and fps; `responseJsonSchema` for
+stream-copied span as one inline video/mp4 part with `videoMetadata` offsets and fps (over the inline limit, the span
+is uploaded through the Files API first and sent as `fileData`, then deleted); `responseJsonSchema` for
 structured output; an explicit thinking budget with headroom added to `maxOutputTokens` (thinking tokens count
 against it; without headroom the answer comes back empty or cut). Field names are the JSON names (the SDK writes
 nested ones in snake_case; the API's protobuf JSON parser takes both).
@@ -12,17 +13,22 @@ SDK's own retries would hide Retry-After from ours.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import time
 from typing import Any
-
+from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import UserError
-from stages.caption.client import ChatClient, Reply, Request
+from stages.caption.client import CallError, ChatClient, Reply, Request
+from stages.caption.http import HttpTransportError, Response
 
 # finishReason -> the OpenAI-style reason the caller classifies by
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
           "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
           "IMAGE_SAFETY": "content_filter"}
+FILE_POLL_S = 1.0  # how often an uploaded file's state is asked while the API processes it
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +58,13 @@ class GeminiClient(ChatClient):
         p = self.params
         parts: list[dict[str, Any]] = [{"inlineData": {"mimeType": "image/jpeg", "data": b64}}
                                        for b64 in (base64.b64encode(img).decode() for img in request.images)]
-        if request.video is not None:  # send: clip: the copied span, cut to the clip by its offsets
+        if request.video_file is not None:  # send: clip, over the inline limit: the uploaded span
+            file = request.video_file
+            parts.append({"fileData": {"mimeType": file["mimeType"], "fileUri": file["uri"]},
+                          "videoMetadata": request.video_metadata or {}})
+        elif request.upload_video:
+            raise CallError(f"{self.role}: the clip's span was not uploaded before the call")
+        elif request.video is not None:  # send: clip: the copied span, cut to the clip by its offsets
             parts.append({"inlineData": {"mimeType": "video/mp4", "data": base64.b64encode(request.video).decode()},
                           "videoMetadata": request.video_metadata or {}})
         parts.append({"text": request.text})
@@ -66,6 +78,60 @@ class GeminiClient(ChatClient):
         body = {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
         body.update(p.extra_body)
         return body
+
+    # -- Files API: a span over the inline limit is uploaded, used by the clip's calls, then deleted ---------------
+    def upload_url(self) -> str:
+        """The upload endpoint beside the base URL, as google-genai builds it: .../v1beta -> .../upload/v1beta/files."""
+        parts = urlsplit(self.url)
+        prefix, _, version = parts.path.rpartition("/")
+        return urlunsplit(parts._replace(path=f"{prefix}/upload/{version}/files"))
+
+    async def prepare(self, request: Request) -> None:
+        """Upload the span (a resumable upload's start, then the bytes with `upload, finalize`; a failed attempt
+        starts over) and wait until the API has processed it (state ACTIVE)."""
+        if not request.upload_video or request.video_file is not None:
+            return
+        http = self._client()
+        size = len(request.video)
+        start_headers = {"Content-Type": "application/json", "X-Goog-Upload-Protocol": "resumable",
+                         "X-Goog-Upload-Command": "start", "X-Goog-Upload-Header-Content-Length": str(size),
+                         "X-Goog-Upload-Header-Content-Type": "video/mp4"}
+        start_body = json.dumps({"file": {"mimeType": "video/mp4", "sizeBytes": size}}).encode()  # as google-genai
+
+        async def upload() -> Response:
+            start = await http.request("POST", self.upload_url(), start_body, start_headers)
+            if start.status_code != 200:
+                return start
+            if "x-goog-upload-url" not in start.headers:
+                raise HttpTransportError("the upload's start answered without an x-goog-upload-url")
+            return await http.request("POST", start.headers["x-goog-upload-url"], request.video,
+                                      {"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"})
+
+        file, _ = await self.retrying(upload, lambda r: r.json()["file"])
+        name = file["name"]
+        deadline = time.monotonic() + self.params.timeout_s
+        while file.get("state") == "PROCESSING" and time.monotonic() < deadline:
+            await asyncio.sleep(FILE_POLL_S)
+            file, _ = await self.retrying(lambda: http.request("GET", f"{self.url}/{name}"), lambda r: r.json())
+        if file.get("state") not in ("ACTIVE", None):
+            await self._delete(name)
+            why = ((file.get("error") or {}).get("message")
+                   or f"still {file.get('state')} after {self.params.timeout_s:g} s")
+            raise CallError(f"{self.role}: the Files API did not accept the clip's {size / 2**20:.1f} MB span "
+                            f"({name}: {why})")
+        request.video_file = {"name": name, "uri": file["uri"], "mimeType": file.get("mimeType") or "video/mp4"}
+
+    async def release(self, request: Request) -> None:
+        """Delete the uploaded span (the API would keep it 48 hours against the project's storage quota)."""
+        if request.video_file is not None:
+            name, request.video_file = request.video_file["name"], None
+            await self._delete(name)
+
+    async def _delete(self, name: str) -> None:
+        try:
+            await self.retrying(lambda: self._client().request("DELETE", f"{self.url}/{name}"), lambda r: None)
+        except CallError:
+            pass  # the file expires on its own; the clip's answer does not depend on it
 
     def _reply(self, data: dict[str, Any]) -> Reply:
         usage = data.get("usageMetadata") or {}

@@ -2,10 +2,10 @@
 
 Why not httpx: at 64-256 requests in flight its per-request CPU (request/response models, the pool scanning every
 connection with a syscall per request) was most of a call's client CPU, several times this client's
-(bench/caption_client.py). What a model call needs is small: POST a JSON body, read one response with
-Content-Length, chunked or until close, keep the connection alive. http and https, directly or through the http://
-proxy the environment names (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY; see `proxy_for`); no redirects, no
-compression (none is asked for). Preflight's single GET stays on httpx, given the same proxy.
+(bench/caption_client.py). What a model call needs is small: POST a JSON body (and, for Gemini's Files API, a
+few other requests), read one response with Content-Length, chunked or until close, keep the connection alive.
+http and https, directly or through the http:// proxy the environment names (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY,
+NO_PROXY; see `proxy_for`); no redirects, no compression (none is asked for). Preflight's single GET stays on httpx, given the same proxy.
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ class HttpClient:
         self._proxies: dict[tuple[str, str, int], Proxy | None] = {}  # per origin, from the environment at first use
 
     async def post_json(self, url: str, payload: Any) -> Response:
+        return await self.request("POST", url, json.dumps(payload, separators=(",", ":")).encode(),
+                                  {"Content-Type": "application/json"})
+
+    async def request(self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
+                      ) -> Response:
+        """One request with `body` (Content-Length always sent) and headers beyond the client's own."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise HttpTransportError(f"not an http(s) URL: {parts.scheme}://{parts.hostname}")
@@ -70,8 +76,8 @@ class HttpClient:
         if proxy is not None and parts.scheme == "http":  # a plain request goes to the proxy in absolute form
             target = f"http://{host}{target}"
             proxy_header = f"Proxy-Authorization: {proxy.authorization}\r\n" if proxy.authorization else ""
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        head = (f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = (f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}"
                 f"Content-Length: {len(body)}\r\n{proxy_header}{self.headers}\r\n").encode("latin-1")
         via = f" (via proxy {proxy.name})" if proxy is not None else ""
         try:

@@ -48,7 +48,7 @@ class VlmParams(EndpointParams):
     # what the model sees: the kept frames as JPEGs, or (backend gemini) the clip's own span of the source video,
     # stream-copied, with videoMetadata offsets and `fps` as Gemini's sampling rate (at most 24)
     send: Literal["frames", "clip"] = "frames"
-    # Gemini's inline request limit; a longer copied span becomes an error row that says so (no Files API upload)
+    # Gemini's inline request limit: a larger copied span is uploaded through the Files API, used, then deleted
     max_inline_mb: float = Field(20.0, gt=0)
 
 
@@ -57,6 +57,9 @@ class CaptionParams(VlmParams):
     # a .csv/.jsonl/.parquet list with uri and caption columns (the input list itself may carry them): each
     # video's source-dataset caption goes into the prompt as context (HMI [E3])
     source_captions: str | None = None
+
+
+FILES_API_MAX_BYTES = 2 * 2**30  # Gemini's Files API takes files up to 2 GB
 
 
 @dataclass
@@ -69,6 +72,7 @@ class Frames:
     jpegs: list[bytes]
     digest: str
     video: Span | None = None
+    upload: bool = False  # the span is over max_inline_mb: sent through the Files API
 
     def record(self) -> dict:
         """What the call records keep of the input (never the bytes)."""
@@ -83,10 +87,10 @@ async def clip_span(clip: Clip, params: VlmParams, io) -> Frames:
         span = await io(copy_span, clip.video_uri, clip.start_s, clip.end_s, params.fps)
     except SpanError as exc:
         raise CaptionFailed(str(exc)) from None
-    if len(span.data) > params.max_inline_mb * 2**20:
-        raise CaptionFailed(f"the clip's copied span is {len(span.data) / 2**20:.1f} MB, over the inline limit "
-                            f"max_inline_mb={params.max_inline_mb:g}: shorter clips, or send: frames")
-    return Frames([], [], [], span.digest, span)
+    if len(span.data) > FILES_API_MAX_BYTES:
+        raise CaptionFailed(f"the clip's copied span is {len(span.data) / 2**30:.1f} GB, over the Files API's 2 GB "
+                            f"a file: shorter clips, or send: frames")
+    return Frames([], [], [], span.digest, span, upload=len(span.data) > params.max_inline_mb * 2**20)
 
 
 def encode_frames(clip: Clip, indices: list[int], max_side: int, quality: int) -> Frames:
@@ -250,7 +254,8 @@ class VlmStage(Stage):
         video = frames.video if frames else None
         request = Request(text=text, images=frames.jpegs if frames else [], frame_times=frames.times if frames else [],
                           schema_name=schema_name, schema=json_schema(schema),
-                          video=video.data if video else None, video_metadata=video.metadata() if video else None)
+                          video=video.data if video else None, video_metadata=video.metadata() if video else None,
+                          upload_video=bool(frames and frames.upload))
         return await self.caller.call(self.caller.clients[role], clip.clip_id, expert, request,
                                       frames.digest if frames else "none", parse, frames.record() if frames else {})
 
