@@ -346,9 +346,9 @@ def run_in_process(recipe: Recipe, videos: list[PlannedVideo], counter: StageCou
     """The recipe's rows without Ray: every stage in this process, each video through the whole chain before the
     next (a plain script's loop). For runs too small to repay Ray's fixed cost (a local Ray and one worker process
     per stage cost seconds of CPU before the first clip). The same StageRunners as on Ray, so the same rows; a long
-    video still streams through in parts. A crash in native code ends the run, not just its video (no worker
-    isolation): committed shards stay, and the next `auto` run on that OUT takes Ray (pipeline.run.LOCAL_RUN_MARK),
-    whose workers isolate the crashing video."""
+    video still streams through in parts. A crash in native code ends this process, not just its video: `auto` runs
+    this in a child process and goes on with the pending shards on Ray, whose workers isolate the crashing video
+    (pipeline.run; later auto runs on that OUT take Ray too, pipeline.run.LOCAL_RUN_MARK)."""
     plan_resources(recipe.stages, [this_machine()])  # a stage that needs a GPU fails here, in one line
     # The environment Ray gives a 1-CPU worker (OMP_NUM_THREADS=1), which stages that size thread pools read.
     set_threads = "OMP_NUM_THREADS" not in os.environ
@@ -440,6 +440,9 @@ def _check_devices(planned: dict[str, Resources], nodes: list[dict[str, float]])
                             f"{largest_memory / 1024**3:.1f} GiB")
 
 
+TASK_RETRIES = 2  # times a stage task is run again after its worker died (a crash, a lost node)
+
+
 def _add_stage(ds, spec: StageSpec, res: Resources, runner_args: dict[str, Any]):
     import ray.data
 
@@ -467,5 +470,9 @@ def _add_stage(ds, spec: StageSpec, res: Resources, runner_args: dict[str, Any])
         fn_kwargs=runner_args,
         batch_size=res.batch_size,
         batch_format="pyarrow",
+        # Ray Data retries a task whose worker died for ever (max_retries=-1): a video that segfaults its decoder
+        # would be decoded again and again and the run would never end. A few retries ride out a lost node; then
+        # the block errors and its videos run again one at a time (run._retry_lost_videos), the culprit alone.
+        max_retries=TASK_RETRIES,
         **remote_args,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -20,6 +21,7 @@ from pipeline.commits import load_commits, write_commit_index
 from pipeline.errors import UserError
 from pipeline.executor import (DEFAULT_CHUNK_BYTES, build_dataset, decode_clips, describe_pending, ensure_ray,
                                 namespace, run_in_process)
+from pipeline.isolation import in_child_process
 from pipeline.plan import Plan, PlannedVideo, load_or_create_plan
 from pipeline.progress import RunProgress, StageCounts, start_progress_actor
 from pipeline.recipe import Recipe
@@ -179,6 +181,23 @@ def run(opts: RunOptions) -> RunResult:
         return result
 
     local = use_in_process(opts, len(todo), store)
+    if local and opts.executor == "auto" and hasattr(os, "fork"):
+        finished = in_child_process(lambda: _execute(opts, store, plan, committed, expected, kept, todo, result,
+                                                     context, local, started))
+        if finished.result is not None:
+            return finished.result
+        # the child died in native code: its committed shards stay; Ray's workers isolate the video that crashes
+        sys.stderr.write(f"actcurate: the in-process run died ({finished.died}); running its pending shards again on "
+                         "Ray, whose workers isolate the video that crashed\n")
+        return run(dataclasses.replace(opts, executor="ray"))
+    return _execute(opts, store, plan, committed, expected, kept, todo, result, context, local, started)
+
+
+def _execute(opts: RunOptions, store: Store, plan: Plan, committed: dict[str, dict],
+             expected: dict[str, list[PlannedVideo]], kept: dict[str, list[dict]], todo: list[PlannedVideo],
+             result: RunResult, context: RunContext, local: bool, started: float) -> RunResult:
+    """Stream the pending videos through the stages (in this process, or on Ray) and commit their shards."""
+    recipe, profile = opts.recipe, result.profile
     result.executor = "local" if local else "ray"
     mark = time.monotonic()
     if not local:

@@ -254,8 +254,16 @@ class _Crashes(Stage):
             os._exit(1)
 
 
+class _CrashesInTask(_Crashes):
+    """The same, as a task stage (as probe and scenes, which decode, run): Ray Data would retry its task for ever."""
+
+    actor = False
+
+
 @pytest.mark.slow
-def test_a_worker_that_dies_loses_only_its_own_video_which_becomes_an_error_row_to_redo(ray_local, tmp_path):
+@pytest.mark.parametrize("crashing", [_Crashes, _CrashesInTask], ids=["actor", "task"])
+def test_a_worker_that_dies_loses_only_its_own_video_which_becomes_an_error_row_to_redo(ray_local, tmp_path,
+                                                                                        crashing):
     import ray.cloudpickle
 
     from pipeline.recipe import Recipe
@@ -267,7 +275,7 @@ def test_a_worker_that_dies_loses_only_its_own_video_which_becomes_an_error_row_
     marker = tmp_path / "crash-now"
     marker.touch()
     specs = [StageSpec("probe", ProbeStage, ProbeStage.Params()),
-             StageSpec("crashes", _Crashes, _CrashParams(marker=str(marker)))]
+             StageSpec("crashes", crashing, _CrashParams(marker=str(marker)))]
     recipe = Recipe("crash test", "", specs, "<test>")
     options = dict(recipe=recipe, output=str(tmp_path / "out"), progress=False)
     # the three videos share one batch of the pool actor, which dies with all three: the two innocent videos are

@@ -107,9 +107,12 @@ run(RunOptions(recipe=recipe, input={input!r}, output={output!r}, progress=False
 """
 
 
-def test_after_an_in_process_run_dies_auto_takes_ray_which_isolates_the_crash(ray_local, monkeypatch, tmp_path):
-    """A video that crashes the process would crash every in-process rerun; so an in-process run that did not finish
-    sends the next auto run on that OUT to Ray, where the crash is one worker's and ends as the video's error row."""
+def test_an_in_process_run_that_crashes_goes_on_on_ray_which_isolates_the_crash(ray_local, monkeypatch, tmp_path):
+    """`auto` runs a small run's stages in a child process: when native code kills it (here os.abort, as a segfaulting
+    decoder would), the same `actcurate run` goes on with the pending shards on Ray, whose workers isolate the video
+    (its error row says a worker died on it); and since a video that crashes a process would crash every in-process
+    rerun, later auto runs on that OUT take Ray too."""
+    import os
     from pathlib import Path
 
     from pipeline.storage import Store
@@ -117,8 +120,13 @@ def test_after_an_in_process_run_dies_auto_takes_ray_which_isolates_the_crash(ra
     media.make_video(tmp_path / "in" / "v.mp4", segments=(50,), fps=25)
     out = tmp_path / "out"
     script = CRASHING_RUN.format(tests=str(Path(__file__).parent), input=str(tmp_path / "in"), output=str(out))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0 and (out / "local_run.json").exists(), done.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the in-process run died (SIGABRT); running its pending shards again on Ray" in done.stderr
+    [row] = clip_rows(str(out))
+    assert row["status"] == "error" and "a worker process died while processing this video" in row["error_message"]
+    assert (out / "local_run.json").exists()
     monkeypatch.setattr(ray_local, "is_initialized", lambda: False)  # as in a fresh process
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     options = RunOptions(recipe=engine_recipe(), output=str(out))
