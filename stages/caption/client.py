@@ -186,8 +186,7 @@ class ChatClient:
     # -- sending ---------------------------------------------------------------------------------------------------
     async def prepare(self, request: Request) -> None:
         """Before a clip's calls: what the request needs on the server first (Gemini uploads a large span)."""
-        if request.upload_video:
-            raise CallError(f"{self.role}: backend {self.params.backend} cannot upload a video file")
+        self.frames_only(request)
 
     async def release(self, request: Request) -> None:
         """After a clip's calls: remove what `prepare` put on the server."""
