@@ -319,7 +319,7 @@ class Exporter:
         Read one committed shard at a time, so memory holds one shard's rows however large the run: the plan puts
         videos into shards in sorted URI order, and a video's clips are all in its shard, so shard order and then
         the order within a shard is the order of the whole run."""
-        shard_ids = sorted(committed_shards(self.src))
+        shard_ids = self.shard_ids
         if not shard_ids:
             raise UserError(f"{self.opts.output} has no committed shards yet; nothing to export")
         review_rows = reviews.read_reviews(self.src).to_pylist()
@@ -355,10 +355,15 @@ class Exporter:
         return table.select([f.name for f in table.schema if not pa.types.is_nested(f.type) or f.name in LIST_COLUMNS])
 
     @functools.cached_property
+    def shard_ids(self) -> list[str]:
+        """The committed shards, in order (verified once: on S3 the commit records are requests)."""
+        return sorted(committed_shards(self.src))
+
+    @functools.cached_property
     def schema(self) -> pa.Schema:
         """The exported columns of every committed shard as one schema (a column a recipe change added is null in
         older shards), from the Parquet footers alone."""
-        schemas = [read_manifest_schema(self.src, s) for s in sorted(committed_shards(self.src))]
+        schemas = [read_manifest_schema(self.src, s) for s in self.shard_ids]
         unified = pa.unify_schemas(schemas, promote_options="permissive")
         return self._exported_columns(unified.empty_table()).schema
 
@@ -571,17 +576,16 @@ class FlatWriter(Writer):
     """webdataset and parquet: one flat record per clip (FLAT_FIELDS, then the scalar manifest columns)."""
 
     @functools.cached_property
-    def columns(self) -> list[pa.Field]:
-        schema = self.ex.schema
+    def schema(self) -> pa.Schema:
         derived = [pa.field(f.name, FLAT_TYPES.get(f.name, pa.string())) for f in FLAT_FIELDS]
         names = {f.name for f in derived}
-        scalar = [f for f in schema if f.name not in FLAT_SKIP and f.name not in names
+        scalar = [f for f in self.ex.schema if f.name not in FLAT_SKIP and f.name not in names
                   and not pa.types.is_nested(f.type)]
-        return derived + scalar
+        return pa.schema(derived + scalar)
 
     @functools.cached_property
     def scalar_names(self) -> list[str]:
-        return [f.name for f in self.columns[len(FLAT_FIELDS):]]
+        return self.schema.names[len(FLAT_FIELDS):]
 
     def record(self, row: dict) -> dict:
         item = Item(row)
@@ -615,12 +619,12 @@ class ParquetWriter(FlatWriter):
     def _batch(self, split: str) -> None:
         records = self.records.pop(split, [])
         if records:
-            self.batches[split].append(pa.Table.from_pylist(records, schema=pa.schema(self.columns)))
+            self.batches[split].append(pa.Table.from_pylist(records, schema=self.schema))
 
     def _write(self, split: str) -> None:
         if split not in self.files:
             spool = tempfile.TemporaryFile()
-            self.files[split] = (spool, pq.ParquetWriter(spool, pa.schema(self.columns), compression="zstd"))
+            self.files[split] = (spool, pq.ParquetWriter(spool, self.schema, compression="zstd"))
         self.files[split][1].write_table(pa.concat_tables(self.batches.pop(split)), row_group_size=self.ROW_GROUP)
 
     def finish(self):
