@@ -101,7 +101,8 @@ def gemini_request(body: dict, stored_file=None) -> tuple[str, list[bytes], dict
             if "text" in part:
                 texts.append(part["text"])
             elif "fileData" in part:
-                videos.append(read_video(stored_file(part["fileData"]["fileUri"]), part.get("videoMetadata")))
+                uri = part["fileData"]["fileUri"]
+                videos.append({**read_video(stored_file(uri), part.get("videoMetadata")), "file": uri})
             elif part.get("inlineData", {}).get("mimeType", "").startswith("video/"):
                 videos.append(read_video(b64(part["inlineData"]["data"]), part.get("videoMetadata")))
             elif "inlineData" in part:

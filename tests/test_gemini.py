@@ -97,6 +97,27 @@ def test_mome_experts_see_the_same_span(vlm, video, tmp_path):
         again.error_message
 
 
+def test_a_clips_calls_share_one_upload_of_its_span(vlm, video, tmp_path):
+    """Over the inline limit, MoME's expert B, judge (shown the span) and third expert send one uploaded file per clip
+    (same endpoint, same key), deleted only when the clip's last call is done (the server refuses a deleted file)."""
+    vlm.rules([{"model": FLASH, "text": "saw blue green green", "times": 1,
+                "set": {"consistent": False, "disagreement": "the floor colour"}}])
+    clips = [span_clip(video, 2.1, 3.5), span_clip(video, 3.7, 5.0)]
+    over = {"send": "clip", "max_inline_mb": 0.001}
+    run(CaptionStage, tmp_path, clips, **over, **gemini(vlm))
+    assert sum(f["what"] == "start" for f in vlm.stats()["files"]) == 2  # caption: one call, one upload a clip
+    vlm.reset()
+    run(MomeStage, tmp_path, clips, **over, **gemini(vlm, FLASH), judge_sees_frames=True,
+        third={**gemini(vlm, FLASH), "temperature": 0.5}, judge=gemini(vlm, FLASH))
+    assert [c.columns.get("mome_branch") for c in clips] == ["consistent", "corrected"], clips[1].error_message
+    stats = vlm.stats()
+    files = {json.dumps(e["colors"]): {v["file"] for v in e["videos"]} for e in stats["log"]}
+    assert len(stats["log"]) == 3 + 5  # B and two judges; B, two judges, the third expert and the correction
+    assert sorted(map(len, files.values())) == [1, 1] and len(set.union(*files.values())) == 2
+    steps = [f["what"] for f in stats["files"]]
+    assert steps.count("start") == steps.count("delete") == 2 and stats["stored"] == []
+
+
 def test_clip_mode_needs_gemini(vlm, video, tmp_path):
     with pytest.raises(UserError, match="caption: send: clip needs backend gemini .* it has backend openai"):
         CaptionStage(CaptionStage.Params(send="clip")).preflight()
@@ -210,8 +231,7 @@ def test_our_upload_matches_what_google_genai_sends(vlm, video):
 
     async def ours():
         try:
-            await client.prepare(request)
-            return dict(request.video_file)
+            return await client.upload(request)
         finally:
             await client.aclose()
 

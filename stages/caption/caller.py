@@ -4,6 +4,7 @@ new seed when the answer is unusable, and recorded the moment it finishes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class Caller:
     # blocking work (call records on S3, copying a clip's span) gets its own threads: in the loop's default pool
     # (cores + 4 threads) S3 requests queued behind each other and held requests back from the endpoint
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, "call-records"))
+    # clip id -> (the uploading client's owner, span hash) -> (that client, its upload): within `sharing_uploads`
+    uploads: dict[str, dict[tuple, tuple[ChatClient, asyncio.Task]]] = field(default_factory=dict)
 
     async def io(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -63,6 +66,23 @@ class Caller:
         if self.ledger.local:
             return fn(*args)
         return await self.io(fn, *args)
+
+    @contextlib.asynccontextmanager
+    async def sharing_uploads(self, clip_id: str):
+        """A clip's calls share one upload of its span per endpoint and key (MoME's experts and judge would
+        otherwise each upload the same bytes); the files are deleted when the clip's calls are done."""
+        uploads = self.uploads.setdefault(clip_id, {})
+        try:
+            yield
+        finally:
+            del self.uploads[clip_id]
+            await _delete_uploads(uploads)
+
+    async def _uploaded(self, client: ChatClient, uploads: dict, request: Request, frames_hash: str) -> dict:
+        key = (client.upload_owner(), frames_hash)
+        if key not in uploads:
+            uploads[key] = (client, asyncio.ensure_future(client.upload(request)))
+        return await asyncio.shield(uploads[key][1])  # one caller's cancellation must not cancel the others' upload
 
     async def call(self, client: ChatClient, clip_id: str, expert: str, request: Request, frames_hash: str,
                    parse: Callable[[str], Any], extra_record: dict[str, Any] | None = None) -> CallResult:
@@ -81,16 +101,19 @@ class Caller:
             return result
 
         result = CallResult(expert, p.model, ERROR, prompt_hash=prompt_hash, frames_hash=frames_hash)
+        shared = self.uploads.get(clip_id)
+        uploads = shared if shared is not None else {}
         try:
-            async with self.limit:
-                await client.prepare(request)  # a span over the inline limit is uploaded first (Gemini)
+            client.accepts(request)
+            if request.upload_video:  # a span over the inline limit goes up first (Gemini's Files API)
+                async with self.limit:
+                    request.video_file = await self._uploaded(client, uploads, request, frames_hash)
+            await self._ask(client, request, parse, result)
         except CallError as exc:
             result.error = str(exc)
-        else:
-            try:
-                await self._ask(client, request, parse, result)
-            finally:
-                await client.release(request)
+        finally:
+            if shared is None:
+                await _delete_uploads(uploads)
         if result.outcome == TRUNCATED and result.parsed is None:
             result.outcome = ERROR  # nothing usable came back: a redo may ask again
         record = {**result.record(), "clip_id": clip_id, **(extra_record or {})}
@@ -138,6 +161,14 @@ class Caller:
             result.outcome = TRUNCATED if reply.finish_reason == "length" else SUCCESS
             result.error = None
             break
+
+
+async def _delete_uploads(uploads: dict[tuple, tuple[ChatClient, asyncio.Task]]) -> None:
+    for client, upload in uploads.values():
+        if not upload.done():
+            upload.cancel()
+        elif not upload.cancelled() and upload.exception() is None:
+            await client.delete_upload(upload.result())
 
 
 def _strings(value: Any) -> list[str]:

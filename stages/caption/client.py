@@ -184,12 +184,22 @@ class ChatClient:
         return response
 
     # -- sending ---------------------------------------------------------------------------------------------------
-    async def prepare(self, request: Request) -> None:
-        """Before a clip's calls: what the request needs on the server first (Gemini uploads a large span)."""
+    def accepts(self, request: Request) -> None:
+        """Raise CallError for what this backend cannot be sent (a video span, unless it takes one)."""
         self.frames_only(request)
 
-    async def release(self, request: Request) -> None:
-        """After a clip's calls: remove what `prepare` put on the server."""
+    def upload_owner(self) -> tuple:
+        """Whose an uploaded file is: calls to the same endpoint with the same key may use one upload."""
+        return (self.url, self.api_key)
+
+    async def upload(self, request: Request) -> dict[str, str]:
+        """Put the request's span on the server (a backend with a file API) and return the file: name, uri,
+        mimeType. Raises CallError when it cannot."""
+        self.frames_only(request)
+        raise CallError(f"{self.role}: backend {self.params.backend} cannot upload a file")
+
+    async def delete_upload(self, file: dict[str, str]) -> None:
+        """Remove a file `upload` put on the server."""
 
     async def complete(self, body: dict[str, Any]) -> Reply:
         """One completion, retried on 408/429/5xx, timeouts and dropped connections (exponential back-off with full

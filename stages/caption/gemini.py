@@ -3,10 +3,11 @@
 The wire format is the one google-genai writes, pinned by tests/test_gemini.py, which sends one request through the
 real SDK and through this client and compares the bodies: frames as inline JPEG parts, or (send: clip) the clip's
 stream-copied span as one inline video/mp4 part with `videoMetadata` offsets and fps (over the inline limit, the span
-is uploaded through the Files API first and sent as `fileData`, then deleted); `responseJsonSchema` for
-structured output; an explicit thinking budget with headroom added to `maxOutputTokens` (thinking tokens count
-against it; without headroom the answer comes back empty or cut). Field names are the JSON names (the SDK writes
-nested ones in snake_case; the API's protobuf JSON parser takes both).
+is uploaded through the Files API first, once for all of a clip's calls to the same endpoint and key, and sent as
+`fileData`; deleted when the clip is done); `responseJsonSchema` for structured output; an explicit thinking budget
+with headroom added to `maxOutputTokens` (thinking tokens count against it; without headroom the answer comes back
+empty or cut). Field names are the JSON names (the SDK writes nested ones in snake_case; the API's protobuf JSON
+parser takes both).
 Chosen over the SDK (a `gemini_sdk` backend was not built): one client and retry policy for every backend, and the
 SDK's own retries would hide Retry-After from ours.
 """
@@ -79,18 +80,19 @@ class GeminiClient(ChatClient):
         body.update(p.extra_body)
         return body
 
-    # -- Files API: a span over the inline limit is uploaded, used by the clip's calls, then deleted ---------------
+    # -- Files API: a span over the inline limit is uploaded once per clip and endpoint (Caller), then deleted -------
     def upload_url(self) -> str:
         """The upload endpoint beside the base URL, as google-genai builds it: .../v1beta -> .../upload/v1beta/files."""
         parts = urlsplit(self.url)
         prefix, _, version = parts.path.rpartition("/")
         return urlunsplit(parts._replace(path=f"{prefix}/upload/{version}/files"))
 
-    async def prepare(self, request: Request) -> None:
+    def accepts(self, request: Request) -> None:
+        """Frames and spans alike."""
+
+    async def upload(self, request: Request) -> dict[str, str]:
         """Upload the span (a resumable upload's start, then the bytes with `upload, finalize`; a failed attempt
         starts over) and wait until the API has processed it (state ACTIVE)."""
-        if not request.upload_video or request.video_file is not None:
-            return
         http = self._client()
         size = len(request.video)
         start_headers = {"Content-Type": "application/json", "X-Goog-Upload-Protocol": "resumable",
@@ -114,22 +116,18 @@ class GeminiClient(ChatClient):
             await asyncio.sleep(FILE_POLL_S)
             file, _ = await self.retrying(lambda: http.request("GET", f"{self.url}/{name}"), lambda r: r.json())
         if file.get("state") not in ("ACTIVE", None):
-            await self._delete(name)
+            await self.delete_upload({"name": name})
             why = ((file.get("error") or {}).get("message")
                    or f"still {file.get('state')} after {self.params.timeout_s:g} s")
             raise CallError(f"{self.role}: the Files API did not accept the clip's {size / 2**20:.1f} MB span "
                             f"({name}: {why})")
-        request.video_file = {"name": name, "uri": file["uri"], "mimeType": file.get("mimeType") or "video/mp4"}
+        return {"name": name, "uri": file["uri"], "mimeType": file.get("mimeType") or "video/mp4"}
 
-    async def release(self, request: Request) -> None:
-        """Delete the uploaded span (the API would keep it 48 hours against the project's storage quota)."""
-        if request.video_file is not None:
-            name, request.video_file = request.video_file["name"], None
-            await self._delete(name)
-
-    async def _delete(self, name: str) -> None:
+    async def delete_upload(self, file: dict[str, str]) -> None:
+        """Delete an uploaded span (the API would keep it 48 hours against the project's storage quota)."""
         try:
-            await self.retrying(lambda: self._client().request("DELETE", f"{self.url}/{name}"), lambda r: None)
+            await self.retrying(lambda: self._client().request("DELETE", f"{self.url}/{file['name']}"),
+                                lambda r: None)
         except CallError:
             pass  # the file expires on its own; the clip's answer does not depend on it
 

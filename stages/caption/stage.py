@@ -229,7 +229,8 @@ class VlmStage(Stage):
 
     async def _guarded(self, clip: Clip) -> None:
         try:
-            await self.process_clip_async(clip)
+            async with self.caller.sharing_uploads(clip.clip_id):
+                await self.process_clip_async(clip)
         except Exception as exc:  # one clip's failure is its error row; its batch siblings go on
             clip.fail(self.name, exc)
 
