@@ -115,14 +115,7 @@ class Store:
         """
         path = self._path(rel)
         if self.local:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                if sync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
+            _replace_local(path, lambda f: f.write(data), sync)
         else:
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
@@ -131,11 +124,7 @@ class Store:
         """Like write_bytes, from a binary file object copied in chunks (large files never held in memory)."""
         path = self._path(rel)
         if self.local:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                shutil.copyfileobj(source, f, 1 << 20)
-            os.replace(tmp, path)
+            _replace_local(path, lambda f: shutil.copyfileobj(source, f, 1 << 20), sync=False)
         else:
             with self.fs.open_output_stream(path) as f:
                 shutil.copyfileobj(source, f, 1 << 20)
@@ -156,6 +145,23 @@ class Store:
     def delete(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.delete_file(self._path(rel))
+
+
+def _replace_local(path: str, write, sync: bool) -> None:
+    """Write a temporary name beside `path`, then rename it over `path`. A failed write (a full disk, a file size
+    limit) removes its temporary file rather than leave the partial bytes on the full disk."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_parquet_bytes(data: bytes):
