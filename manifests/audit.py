@@ -76,35 +76,55 @@ def audit_with_rows(output: str, keep_rows: Callable[[list[dict], list[dict]], l
     memory grows with the run by a few numbers a clip, not by its rows."""
     store, plan = _open(output)
     committed = committed_shards(store)
-    verdicts = reviews.clip_verdicts(reviews.read_reviews(store).to_pylist())
-    tally: _Tally | None = None
+    audit_pass = AuditPass(store, plan, committed)
     kept: list[dict] = []
     for shard_id in sorted(committed):
-        table = read_manifest(store, shard_id)
-        if tally is None:
-            tally = _Tally(*_stage_order(store, table), verdicts)
-        rows = tally.add(table)
+        rows = audit_pass.add(read_manifest(store, shard_id))
         if keep_rows is not None:
             kept = keep_rows(kept, rows)
-    tally = tally or _Tally([], None, verdicts)
-    shards = plan.shard_ids
-    report = {
-        "output": store.root,
-        "videos": {"total": len(plan.videos), "done": tally.videos},
-        "clips": {"total": sum(tally.statuses.values()),
-                  **{k: tally.statuses.get(k, 0) for k in ("accepted", "rejected", "error")}},
-        "shards": {"total": len(shards), "committed": len(committed), "pending": len(shards) - len(committed)},
-        "funnel": tally.funnel(),
-        "reasons": tally.reasons(),
-        "errors": tally.errors(),
-        "throughput": tally.throughput(),
-        "sources": tally.sources(),
-        "scores": tally.scores(fields.recipe_params(run_info(store))),
-        "reviews": reviews.summary(store, tally.reviewed_status, accepted_total=tally.statuses.get("accepted", 0)),
-        "model_calls": tally.model_calls(),
-        "qa": tally.qa(),
-    }
-    return report, kept
+    return audit_pass.report(), kept
+
+
+class AuditPass:
+    """The audit of a run's committed shards, fed their manifests one at a time by whoever reads them (the audit
+    itself, or an export on its one pass over the same shards), then `report()`."""
+
+    def __init__(self, store: Store, plan, committed: dict):
+        self.store, self.plan, self.committed = store, plan, committed
+        self.verdicts = reviews.clip_verdicts(reviews.read_reviews(store).to_pylist())
+        self.tally: _Tally | None = None
+        self.shards_added = 0
+
+    def add(self, table) -> list[dict]:
+        """Count one committed shard's whole manifest; returns its core-column rows."""
+        if self.tally is None:
+            self.tally = _Tally(*_stage_order(self.store, table), self.verdicts)
+        self.shards_added += 1
+        return self.tally.add(table)
+
+    def report(self) -> dict:
+        store, plan, committed = self.store, self.plan, self.committed
+        if self.shards_added != len(committed):  # a reader that stopped early must not make a partial audit
+            raise RuntimeError(f"the audit was given {self.shards_added} of {len(committed)} committed manifests")
+        tally = self.tally or _Tally([], None, self.verdicts)
+        shards = plan.shard_ids
+        return {
+            "output": store.root,
+            "videos": {"total": len(plan.videos), "done": tally.videos},
+            "clips": {"total": sum(tally.statuses.values()),
+                      **{k: tally.statuses.get(k, 0) for k in ("accepted", "rejected", "error")}},
+            "shards": {"total": len(shards), "committed": len(committed), "pending": len(shards) - len(committed)},
+            "funnel": tally.funnel(),
+            "reasons": tally.reasons(),
+            "errors": tally.errors(),
+            "throughput": tally.throughput(),
+            "sources": tally.sources(),
+            "scores": tally.scores(fields.recipe_params(run_info(store))),
+            "reviews": reviews.summary(store, tally.reviewed_status,
+                                       accepted_total=tally.statuses.get("accepted", 0)),
+            "model_calls": tally.model_calls(),
+            "qa": tally.qa(),
+        }
 
 
 MODEL_CALL_KEYS = ("prompt_tokens", "output_tokens", "thinking_tokens", "latency_s", "cached", "cached_calls",

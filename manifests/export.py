@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from manifests import reviews
 from manifests.annotations import LETTERS, final_caption
-from manifests.audit import audit, run_info
+from manifests.audit import AuditPass, run_info
 from manifests.io import read_manifest, read_manifest_schema
 from pipeline.commits import committed_shards
 from pipeline.errors import UserError
@@ -329,7 +329,9 @@ class Exporter:
         by_uri = {v.uri: v for v in self.plan.videos}
         left = self.stats["left_out"]
         for shard_id in shard_ids:
-            table = self._exported_columns(read_manifest(self.src, shard_id))
+            manifest = read_manifest(self.src, shard_id)
+            self.audit.add(manifest)
+            table = self._exported_columns(manifest)
             for status, count in Counter(table.column("status").to_pylist()).items():
                 if status != "accepted":
                     left[f"pipeline_{status}"] += count
@@ -355,9 +357,18 @@ class Exporter:
         return table.select([f.name for f in table.schema if not pa.types.is_nested(f.type) or f.name in LIST_COLUMNS])
 
     @functools.cached_property
+    def committed(self) -> dict[str, dict]:
+        """The committed shards' records (verified once: on S3 the commit records are requests)."""
+        return committed_shards(self.src)
+
+    @functools.cached_property
     def shard_ids(self) -> list[str]:
-        """The committed shards, in order (verified once: on S3 the commit records are requests)."""
-        return sorted(committed_shards(self.src))
+        return sorted(self.committed)
+
+    @functools.cached_property
+    def audit(self) -> AuditPass:
+        """The run's audit for the card, fed the manifests `rows` reads (no second pass over them)."""
+        return AuditPass(self.src, self.plan, self.committed)
 
     @functools.cached_property
     def schema(self) -> pa.Schema:
@@ -730,7 +741,7 @@ def render_card(ex: Exporter, tally: Tally) -> str:
     opts, stats = ex.opts, ex.stats
     info = run_info(ex.src) or {}
     recipe = info.get("recipe", {})
-    report = audit(ex.src.root)
+    report = ex.audit.report()
     out = [*front_matter(list(stats["written"])), f"# {recipe.get('name', 'actcurate')} — {opts.fmt} export", "",
            f"Curated with actcurate from `{ex.src.root}` (recipe `{recipe.get('name')}`, hash "
            f"`{info.get('recipe_hash')}`). Format `{opts.fmt}`; clip files: `{opts.clips}`.", "",

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+import manifests.audit
+import manifests.export
 from fixtures_run import accepted_run
+from manifests.audit import audit
 from manifests.export import ExportOptions, export
 
 CAPTION_PAD = "x" * 2000  # a long caption, so that held rows would show in the peak
@@ -78,3 +82,22 @@ def test_parquet_export_of_a_large_run_has_every_clip_once(tmp_path):
         starts = list(zip(table.column("video_uri").to_pylist(), table.column("start_s").to_pylist()))
         assert starts == sorted(starts)
     assert tables["train"].column("caption").to_pylist()[0].endswith(CAPTION_PAD)
+
+
+def test_the_card_is_audited_on_the_exports_own_pass_over_the_manifests(tmp_path, monkeypatch):
+    """Each committed manifest is read once by an export, its card's audit included (it read them all again), and
+    the card's funnel is the audit's."""
+    reads: Counter = Counter()
+    read_manifest = manifests.export.read_manifest
+
+    def counted(store, shard_id):
+        reads[shard_id] += 1
+        return read_manifest(store, shard_id)
+
+    monkeypatch.setattr(manifests.export, "read_manifest", counted)
+    monkeypatch.setattr(manifests.audit, "read_manifest", counted)
+    folder, _ = exported(tmp_path, 8, "haic")
+    assert reads == {"shard-000000": 1, "shard-000001": 1}
+    card = (folder / "README.md").read_text()
+    for step in audit(str(tmp_path / "run8" / "out"))["funnel"]:
+        assert f"| {step['stage']} | {step['in']} | {step['out']} |" in card
