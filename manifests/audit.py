@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import posixpath
 import statistics
+from array import array  # a rejected clip's value in 8 bytes, not a float object and its pointer
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -205,7 +206,7 @@ class _Tally:
         for r in rows:
             if r["status"] == "rejected":
                 group = self.rejected.setdefault((r["reject_stage"], r["reject_rule"]),
-                                                 {"count": 0, "values": [], "thresholds": set()})
+                                                 {"count": 0, "values": array("d"), "thresholds": set()})
                 group["count"] += 1
                 if r["reject_value"] is not None:
                     group["values"].append(r["reject_value"])
