@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from importlib import metadata
 
-from manifests.io import read_manifest
+from manifests.io import MANIFEST_DIR, read_manifest
 from manifests.schema import manifest_schema
 from pipeline.collector import ShardCollector
-from pipeline.commits import load_commits, write_commit_index
+from pipeline.commits import COMMIT_DIR, load_commits, write_commit_index
 from pipeline.errors import UserError
 from pipeline.executor import (DEFAULT_CHUNK_BYTES, build_dataset, decode_clips, describe_pending, ensure_ray,
                                 namespace, run_in_process)
@@ -163,6 +163,8 @@ def run(opts: RunOptions) -> RunResult:
     plan, created = load_or_create_plan(store, opts.input, opts.shard_size)
     if not created:
         check_writable(store)
+        for folder in ("", MANIFEST_DIR, COMMIT_DIR):  # where the commit protocol writes
+            store.remove_stale_temporaries(folder)
     _record_run(store, opts)
     committed, unindexed = load_commits(store)
     shards = plan.videos_by_shard()

@@ -10,6 +10,7 @@ import functools
 import os
 import posixpath
 import shutil
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -142,9 +143,30 @@ class Store:
         return {i.base_name: (i.size, i.mtime_ns) for i in self.fs.get_file_info(selector)
                 if i.type == pafs.FileType.File and ".tmp-" not in i.base_name}
 
+    def remove_stale_temporaries(self, rel_dir: str) -> int:
+        """Remove the temporary files of local writes that never finished (a writer killed between its write and
+        its rename) directly under rel_dir, once they are older than any write still in flight. Returns how many."""
+        if not self.local:
+            return 0  # an S3 object appears whole or not at all
+        removed, cutoff = 0, time.time() - STALE_TEMPORARY_S
+        try:
+            entries = list(os.scandir(self._path(rel_dir)))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            if ".tmp-" in entry.name and entry.is_file() and entry.stat().st_mtime < cutoff:
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def delete(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.delete_file(self._path(rel))
+
+
+# A temporary file this old is no write in flight (a manifest's write takes seconds), even from another run on the
+# same OUT: its writer was killed.
+STALE_TEMPORARY_S = 3600.0
 
 
 def _replace_local(path: str, write, sync: bool) -> None:

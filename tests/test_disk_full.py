@@ -1,5 +1,6 @@
 """A local OUT that cannot take a shard's manifest (a full disk, a quota): the shard stays pending with one line, no
-partial file is left on the disk, and the next run completes it with the rows an uninterrupted run writes.
+partial file is left on the disk, and the next run completes it with the rows an uninterrupted run writes (and
+removes what a killed writer left long ago).
 
 The fault is real: the run's process gets a file size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write past
 it fails with EFBIG as a write to a full disk fails with ENOSPC), under the manifests' size and over the run's other
@@ -7,9 +8,11 @@ files (run.json, the plan, commit records)."""
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -44,6 +47,12 @@ def test_a_manifest_the_disk_cannot_take_leaves_its_shard_pending_and_no_partial
     assert not [p.name for p in out.rglob("*") if ".tmp-" in p.name]  # the partial manifests were removed
     assert not list(out.glob("commits/*.json"))  # nothing counted done
 
+    # what a writer killed between its write and its rename leaves (hours ago), and one another run is writing now
+    stale, young = out / "manifests" / "shard-000001.parquet.tmp-0badf00d", out / "run.json.tmp-12345678"
+    for path in (stale, young):
+        path.write_bytes(b"PAR1 cut short")
+    os.utime(stale, (time.time() - 2 * 3600,) * 2)
     resumed = actcurate("run", *COMMON, "--output", out)
     assert resumed.returncode == 0 and "3 of 3 shards" in resumed.stdout, resumed.stderr[-3000:]
     assert clip_rows(str(out)) == clip_rows(str(tmp_path / "reference"))
+    assert not stale.exists() and young.exists()  # removed once older than any write in flight
