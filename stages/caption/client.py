@@ -194,8 +194,7 @@ class ChatClient:
 
     async def upload(self, request: Request) -> dict[str, str]:
         """Put the request's span on the server (a backend with a file API) and return the file: name, uri,
-        mimeType. Raises CallError when it cannot."""
-        self.frames_only(request)
+        mimeType. Raises CallError when it cannot (`accepts` already refused a span to a frames-only backend)."""
         raise CallError(f"{self.role}: backend {self.params.backend} cannot upload a file")
 
     async def delete_upload(self, file: dict[str, str]) -> None:
