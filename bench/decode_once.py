@@ -1,15 +1,19 @@
 """CPU cost of probe+scenes (one decode pass, frame sampling on) against a bare decode and PySceneDetect's CLI.
 
 For every video it measures CPU seconds of
-  ours:        ProbeStage + ScenesStage(keep_fps=2, keep_max_side=512, min_clip_s=2, max_clip_s=10), no Ray;
-  decode:      a plain PyAV decode of every frame (thread_type AUTO, as the scenes stage uses): the floor;
-  scenedetect: `scenedetect -i VIDEO -b pyav -m 15 -q detect-content` as a subprocess (and the opencv backend).
+  ours:        ProbeStage + ScenesStage(keep_fps=2, keep_max_side=512, min_clip_s=2, max_clip_s=10), no Ray, with
+               the threads a worker of --worker-cpus CPUs runs (1: a scenes task on Ray, the default);
+  decode:      a plain PyAV decode of every frame on the same threads: the floor;
+  decode_auto: the same decode on every core (thread_type AUTO; ours' threading before worker threads);
+  scenedetect: `scenedetect -i VIDEO -b pyav -m 15 -q detect-content` as a subprocess (and the opencv backend;
+               both decode on every core, PySceneDetect's default).
 It also checks that our cut frames agree with PySceneDetect's within CUT_TOLERANCE frames.
 
 Inputs are the shared real clips (--videos) plus generated longer videos, written once into --cache and reused.
 The last printed line is one JSON object with ratio_vs_decode and ratio_vs_scenedetect (sums of CPU seconds).
 
-    .venv/bin/python bench/decode_once.py [--quick] [--repeats N] [--no-opencv] [--detect-input exact|sampled]
+    .venv/bin/python bench/decode_once.py [--quick] [--repeats N] [--no-opencv] [--detect-input exact|checked|sampled]
+        [--worker-cpus N]
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.clip import Clip, video_id_for  # noqa: E402
 from stages.probe import ProbeStage  # noqa: E402
+from pipeline.video import set_decoder_threads  # noqa: E402
 from stages.scenes import ScenesParams, ScenesStage  # noqa: E402
 
 SCENEDETECT = str(Path(sys.executable).with_name("scenedetect"))
@@ -169,12 +174,12 @@ def cpu_ours(path: Path, probe: ProbeStage, scenes: ScenesStage) -> tuple[float,
     return time.process_time() - start, clips
 
 
-def cpu_decode(path: Path) -> tuple[float, int]:
+def cpu_decode(path: Path, threads: int) -> tuple[float, int]:
     start = time.process_time()
     frames = 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        set_decoder_threads(stream, threads)
         for _ in container.decode(stream):
             frames += 1
     return time.process_time() - start, frames
@@ -246,6 +251,7 @@ class Row:
     frames: int
     ours_s: float
     decode_s: float
+    decode_auto_s: float
     scenedetect_s: float
     scenedetect_opencv_s: float | None
     clips: int
@@ -257,6 +263,7 @@ class Row:
     def as_json(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if v is not None}
         out.update(ratio_vs_decode=_ratio(self.ours_s, self.decode_s),
+                   ratio_vs_decode_auto=_ratio(self.ours_s, self.decode_auto_s),
                    ratio_vs_scenedetect=_ratio(self.ours_s, self.scenedetect_s),
                    cuts_agree=cuts_agree(self.cuts_ours, self.cuts_scenedetect))
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
@@ -273,38 +280,43 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def measure_video(path: Path, expected: list[int] | None, args, probe, scenes) -> Row:
     measures = {
         "ours": lambda: cpu_ours(path, probe, scenes),
-        "decode": lambda: cpu_decode(path),
+        "decode": lambda: cpu_decode(path, scenes.worker_threads()),
+        "decode_auto": lambda: cpu_decode(path, 0),
         "pyav": lambda: (cpu_child(scenedetect_command(path, "pyav")),),
     }
     if args.opencv:
         measures["opencv"] = lambda: (cpu_child(scenedetect_command(path, "opencv")),)
     best = best_interleaved(args.repeats, measures)
     (ours_s, clips), (decode_s, frames), (sd_s,) = best["ours"], best["decode"], best["pyav"]
+    decode_auto_s = best["decode_auto"][0]
     sd_cv_s = best["opencv"][0] if args.opencv else None
     with av.open(str(path)) as container:
         ctx = container.streams.video[0].codec_context
         size = f"{ctx.width}x{ctx.height}"
     return Row(
-        name=path.name, size=size, frames=frames, ours_s=ours_s, decode_s=decode_s, scenedetect_s=sd_s,
+        name=path.name, size=size, frames=frames, ours_s=ours_s, decode_s=decode_s, decode_auto_s=decode_auto_s,
+        scenedetect_s=sd_s,
         scenedetect_opencv_s=sd_cv_s, clips=len(clips), errors=sum(c.status == "error" for c in clips),
         cuts_ours=our_cuts(clips), cuts_scenedetect=scenedetect_cuts(path, "pyav"), cuts_expected=expected,
     )
 
 
 def print_table(rows: list[Row], totals: dict) -> None:
-    header = (f"{'video':<46} {'size':>9} {'frames':>6} {'ours s':>7} {'decode s':>8} {'sd-pyav s':>9} "
-              f"{'sd-cv s':>7} {'/decode':>7} {'/sd-pyav':>8} {'/sd-cv':>6}")
+    header = (f"{'video':<46} {'size':>9} {'frames':>6} {'ours s':>7} {'decode s':>8} {'auto s':>7} "
+              f"{'sd-pyav s':>9} {'sd-cv s':>7} {'/decode':>7} {'/auto':>5} {'/sd-pyav':>8} {'/sd-cv':>6}")
     print(header)
     print("-" * len(header))
     for r in rows:
         cv_ratio = _ratio(r.ours_s, r.scenedetect_opencv_s) if r.scenedetect_opencv_s else None
         print(f"{r.name[:46]:<46} {r.size:>9} {r.frames:>6} {r.ours_s:>7.3f} {r.decode_s:>8.3f} "
-              f"{r.scenedetect_s:>9.3f} {_fmt(r.scenedetect_opencv_s):>7} {_ratio(r.ours_s, r.decode_s):>7.2f} "
+              f"{r.decode_auto_s:>7.3f} {r.scenedetect_s:>9.3f} {_fmt(r.scenedetect_opencv_s):>7} "
+              f"{_ratio(r.ours_s, r.decode_s):>7.2f} {_ratio(r.ours_s, r.decode_auto_s):>5.2f} "
               f"{_ratio(r.ours_s, r.scenedetect_s):>8.2f} {_fmt(cv_ratio, 2):>6}")
     print("-" * len(header))
     t = totals
     print(f"{'TOTAL':<46} {'':>9} {t['frames']:>6} {t['ours_s']:>7.3f} {t['decode_s']:>8.3f} "
-          f"{t['scenedetect_s']:>9.3f} {_fmt(t.get('scenedetect_opencv_s')):>7} {t['ratio_vs_decode']:>7.2f} "
+          f"{t['decode_auto_s']:>7.3f} {t['scenedetect_s']:>9.3f} {_fmt(t.get('scenedetect_opencv_s')):>7} "
+          f"{t['ratio_vs_decode']:>7.2f} {t['ratio_vs_decode_auto']:>5.2f} "
           f"{t['ratio_vs_scenedetect']:>8.2f} {_fmt(t.get('ratio_vs_scenedetect_opencv'), 2):>6}")
 
 
@@ -321,8 +333,10 @@ def print_cuts(rows: list[Row]) -> None:
 
 
 def totals_of(rows: list[Row], startup_s: float) -> dict:
-    total = {key: sum(getattr(r, key) for r in rows) for key in ("frames", "ours_s", "decode_s", "scenedetect_s")}
+    total = {key: sum(getattr(r, key) for r in rows)
+             for key in ("frames", "ours_s", "decode_s", "decode_auto_s", "scenedetect_s")}
     total["ratio_vs_decode"] = _ratio(total["ours_s"], total["decode_s"])
+    total["ratio_vs_decode_auto"] = _ratio(total["ours_s"], total["decode_auto_s"])
     total["ratio_vs_scenedetect"] = _ratio(total["ours_s"], total["scenedetect_s"])
     # The CLI pays an interpreter start and imports per video that a long-lived worker does not; this ratio
     # takes that fixed cost out, to show how the per-frame work compares.
@@ -348,8 +362,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one short generated video, one repeat")
     parser.add_argument("--repeats", type=int, help="runs per measurement, best kept (default 3, --quick 1)")
     parser.add_argument("--no-opencv", dest="opencv", action="store_false", help="skip scenedetect's opencv backend")
-    parser.add_argument("--detect-input", choices=["exact", "checked", "sampled"], default="exact",
-                        help="ScenesParams.detect_input of ours (exact: PySceneDetect's own image)")
+    parser.add_argument("--detect-input", choices=["exact", "checked", "sampled"], default=ScenesParams().detect_input,
+                        help="ScenesParams.detect_input of ours (default: the stage's; exact: PySceneDetect's own image)")
+    parser.add_argument("--worker-cpus", type=float, default=1.0,
+                        help="CPUs the engine gives ours' worker (1: a scenes task on Ray; 0: outside the engine, "
+                             "every core)")
     args = parser.parse_args()
     versions = code_versions()  # now, as the stages were imported: an edit during the run must not relabel it
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -360,12 +377,15 @@ def main() -> None:
     inputs += generated_videos(GENERATED_QUICK if args.quick else GENERATED, args.cache)
     probe = ProbeStage()
     scenes = ScenesStage(OURS_PARAMS.model_copy(update={"detect_input": args.detect_input}))
-    probe.setup()
-    scenes.setup()
+    for stage in (probe, scenes):
+        stage.worker_cpus = args.worker_cpus or None
+        stage.setup()
+    if scenes.worker_threads():
+        cv2.setNumThreads(scenes.worker_threads())  # as the engine's StageRunner sizes OpenCV's pool
     smallest = min((p for p, _ in inputs), key=lambda p: p.stat().st_size)
     # Warm up once so one-time costs (lazy imports, OpenCV's first calls) land in no measurement.
     cpu_ours(smallest, probe, scenes)
-    cpu_decode(smallest)
+    cpu_decode(smallest, 0)
     # The CLI's fixed cost per video: start, imports and opening the file, detecting on one frame only.
     startup_s = min(cpu_child([SCENEDETECT, "-i", str(smallest), "-b", "pyav", "-q", "time", "-e", "1",
                                "detect-content"]) for _ in range(args.repeats))
@@ -383,7 +403,9 @@ def main() -> None:
     print_cuts(rows)
     result = {
         "ratio_vs_decode": round(totals["ratio_vs_decode"], 4),
+        "ratio_vs_decode_auto": round(totals["ratio_vs_decode_auto"], 4),
         "ratio_vs_scenedetect": round(totals["ratio_vs_scenedetect"], 4),
+        "worker_cpus": args.worker_cpus,
         "scenedetect_backend": "pyav",
         "detect_input": args.detect_input,
         "repeats": args.repeats,

@@ -167,10 +167,13 @@ def tree_cpu(command: list[str], env: dict | None = None) -> dict:
 # -- the per-stage loop (child process) -------------------------------------------------------------------------------
 def per_stage_loop(recipe_path: str, input_dir: str, *overrides: str) -> dict:
     """Every video through the recipe's stages in a plain loop, with a decode of its own for every stage after the
-    split (a full PyAV decode, as the scenes stage decodes): the cost of a tool whose operators each decode the
+    split (a full PyAV decode on one thread, as the scenes stage decodes on a 1-CPU worker): the cost of a tool whose operators each decode the
     video. Video by video, so memory stays one video's frames; the work is that of running operator by operator."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as a 1-CPU Ray worker and the local executor
     import av
+    import cv2
+
+    from pipeline.video import set_decoder_threads
 
     from pipeline.clip import Clip, video_id_for
     from pipeline.recipe import load_recipe
@@ -178,7 +181,9 @@ def per_stage_loop(recipe_path: str, input_dir: str, *overrides: str) -> dict:
     recipe = load_recipe(recipe_path, list(overrides))
     stages = [spec.build() for spec in recipe.stages]
     for stage in stages:
+        stage.worker_cpus = 1.0  # the threads of a 1-CPU Ray worker, as ray mode runs them
         stage.setup()
+    cv2.setNumThreads(1)
     split = recipe.stage_names().index(recipe.split_stage) + 1
     videos = sorted(str(p) for p in Path(input_dir).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
     stage_cpu = {stage.name: 0.0 for stage in stages}
@@ -192,7 +197,7 @@ def per_stage_loop(recipe_path: str, input_dir: str, *overrides: str) -> dict:
                 try:
                     with av.open(uri) as container:  # this operator's own decode
                         stream = container.streams.video[0]
-                        stream.thread_type = "AUTO"
+                        set_decoder_threads(stream, 1)
                         for _ in container.decode(stream):
                             pass
                 except Exception:  # the recipe's own error rows say what is wrong with the file

@@ -106,6 +106,15 @@ class Stage:
     def __init__(self, params: StageParams | None = None, context: RunContext | None = None):
         self.params = params if params is not None else self.Params()
         self.context = context or RunContext()
+        # CPUs the engine gives one worker of this stage (its Ray share; the whole machine in process, where stages
+        # run one at a time); None outside the engine.
+        self.worker_cpus: float | None = None
+
+    def worker_threads(self) -> int:
+        """Threads this worker's native code (decoders, inference runtimes) may run: its CPUs, at least one, as Ray
+        sets OMP_NUM_THREADS; 0 outside the engine (the library's own choice, every core). A 1-CPU worker that ran
+        a thread per core would compete with the other workers on its node and spend CPU on handing work over."""
+        return max(1, int(self.worker_cpus)) if self.worker_cpus else 0
 
     # -- declarations ----------------------------------------------------------------------------------------------
     def requirements(self) -> tuple[str, ...]:

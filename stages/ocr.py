@@ -79,7 +79,8 @@ class OcrParams(ModelParams):
     # Explicit model files (rapidocr: .onnx files; paddleocr: model folders). None: rapidocr's bundled PP-OCRv6.
     det_model_path: str | None = None
     rec_model_path: str | None = None
-    threads: int | None = Field(None, ge=1)  # onnxruntime intra-op threads; None: its default (all cores)
+    # onnxruntime intra-op threads; None: the worker's CPUs (Stage.worker_threads; every core outside the engine)
+    threads: int | None = Field(None, ge=1)
 
 
 class OcrStage(Stage):
@@ -167,7 +168,7 @@ class OcrStage(Stage):
             self._backend = _PaddleBackend(self.params)
         else:
             use_cuda = onnx_providers(self.params.device, self.name)[0] == "CUDAExecutionProvider"
-            self._backend = _RapidBackend(self.params, use_cuda)
+            self._backend = _RapidBackend(self.params, use_cuda, self.params.threads or self.worker_threads())
 
     # -- processing ------------------------------------------------------------------------------------------------
     def process_clip(self, clip: Clip) -> None:
@@ -276,7 +277,7 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 class _RapidBackend:
     """rapidocr 3.10 with explicit model paths, so it never takes its download branch."""
 
-    def __init__(self, p: OcrParams, use_cuda: bool = False):
+    def __init__(self, p: OcrParams, use_cuda: bool = False, threads: int = 0):
         from rapidocr import RapidOCR
 
         paths = _rapidocr_model_paths(p)
@@ -296,8 +297,8 @@ class _RapidBackend:
         }
         if p.recognize:
             params["Rec.model_path"] = paths["rec"]
-        if p.threads:
-            params["EngineConfig.onnxruntime.intra_op_num_threads"] = p.threads
+        if threads:
+            params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
         if use_cuda:
             params["EngineConfig.onnxruntime.use_cuda"] = True
         self.engine = RapidOCR(params=params)

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from pipeline.clip import Clip
 from pipeline.stage import Resources, Stage, StageParams
-from pipeline.video import open_video
+from pipeline.video import open_video, set_decoder_threads
 
 
 class ProbeParams(StageParams):
@@ -107,7 +107,7 @@ class ProbeStage(Stage):
         # guard runs before that decode, from the headers alone.
         rotation = 0
         if coded_w * coded_h <= self.params.max_pixels:
-            stream.thread_type = "AUTO"
+            set_decoder_threads(stream, 1)  # one frame: more threads would only add their start-up
             first = next(container.decode(stream), None)
             if first is not None:
                 rotation = int(round(first.rotation or 0)) % 360

@@ -229,6 +229,27 @@ def test_importing_the_stage_leaves_pyscenedetect_alone(shared_videos):
     subprocess.run([sys.executable, "-c", check], check=True, cwd=REPO, env=env)
 
 
+def test_linear_resize_is_cv2s_including_its_strided_copy_at_odd_whole_scales(shared_videos):
+    """The strided copy must give cv2's INTER_LINEAR image exactly, on padded PyAV planes as on whole images; other
+    scales (even, fractional, upscaling) go to cv2 itself."""
+    import cv2
+
+    from stages.scenes import linear_resize
+
+    rng = np.random.default_rng(7)
+    for cols, rows, width, height in [(1280, 720, 256, 144), (768, 576, 256, 192), (2304, 9, 256, 3),
+                                      (1280, 720, 256, 240), (1920, 1080, 256, 144), (640, 360, 256, 144),
+                                      (512, 288, 256, 144), (100, 50, 256, 128)]:
+        for shape in [(rows, cols), (rows, cols, 3)]:
+            padded = rng.integers(0, 256, (shape[0], shape[1] + 32, *shape[2:]), dtype=np.uint8)[:, :cols]
+            expected = cv2.resize(padded, (width, height), interpolation=cv2.INTER_LINEAR)
+            assert np.array_equal(linear_resize(padded, width, height), expected), (cols, rows, width, height)
+    with av.open(str(shared_videos / "pyscenedetect_testvideo.mp4")) as container:  # 1280x720: the strided path
+        frame = next(container.decode(video=0))
+    luma = np.frombuffer(frame.planes[0], np.uint8).reshape(720, frame.planes[0].line_size)[:, :1280]
+    assert np.array_equal(linear_resize(luma, 256, 144), cv2.resize(luma, (256, 144), interpolation=cv2.INTER_LINEAR))
+
+
 @pytest.mark.parametrize("detector", ["content", "adaptive"])
 def test_fast_detector_scores_equal_the_stock_detectors(shared_videos, detector):
     from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode

@@ -27,7 +27,6 @@ box for a box it has not seen). Keypoints: BlazePose's 33 landmarks mapped to CO
 from __future__ import annotations
 
 import math
-import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -199,17 +198,13 @@ class _Interpreter:
         return {tuple(int(v) for v in o["shape"]): self.it.get_tensor(o["index"]) for o in self.outputs}
 
 
-def _threads(threads: int | None) -> int | None:
-    if threads is None:
-        threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
-    return threads or None
 
 
 class BlazeLandmarks:
     """The landmark model on rotated ROIs: 33 landmarks per person, COCO-17 keypoints for the stage."""
 
     def __init__(self, path: Path, threads: int | None = None):
-        self.model = _Interpreter(LANDMARK_MODEL, path, _threads(threads))
+        self.model = _Interpreter(LANDMARK_MODEL, path, threads)
         self.model.check((1, LANDMARK_SIZE, LANDMARK_SIZE, 3), [(1, 195), (1, 1)])
         self._cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 
@@ -260,7 +255,7 @@ class BlazeDetector:
     """BlazePose person detection: face-anchored detections, each confirmed and boxed by the landmark model."""
 
     def __init__(self, path: Path, landmarks: BlazeLandmarks, threads: int | None = None):
-        self.model = _Interpreter(DET_MODEL, path, _threads(threads))
+        self.model = _Interpreter(DET_MODEL, path, threads)
         self.model.check((1, DET_SIZE, DET_SIZE, 3), [(1, 2254, 12), (1, 2254, 1)])
         self.landmarks = landmarks
 

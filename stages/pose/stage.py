@@ -15,7 +15,6 @@ Sources of the defaults (tags of ../shared/research/papers_spec.md): [S2] M-ACM 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -44,7 +43,7 @@ class PoseParams(ModelParams):
     det_model: str | None = None  # explicit path to the detector (YOLOX ONNX / BlazePose detector TFLite)
     pose_model: str | None = None  # explicit path to the pose model (DWPose ONNX / BlazePose landmark TFLite)
     # device (ModelParams) auto: CUDA when onnxruntime has it (onnxruntime-gpu), else CPU; cuda: fail without it
-    threads: int | None = None  # onnxruntime intra-op threads; None: OMP_NUM_THREADS (Ray sets it) or all cores
+    threads: int | None = None  # inference threads; None: the worker's CPUs (Stage.worker_threads)
     det_batch: int = Field(8, ge=1)  # frames per detector call (models with a dynamic batch axis; else 1)
     pose_batch: int = Field(32, ge=1)  # person crops per pose call
     det_channels: Literal["bgr", "rgb"] = "bgr"  # YOLOX was trained on OpenCV (BGR) images [DW][P]
@@ -182,14 +181,12 @@ class PoseStage(Stage):
 
     def setup(self) -> None:
         det, pose = self._paths()
+        threads = self.params.threads or self.worker_threads()
         if self.params.backend == "blazepose":
-            self.detector, self.pose = blazepose.load(det, pose, self.params.threads)
+            self.detector, self.pose = blazepose.load(det, pose, threads)
             log.info("pose: BlazePose %s and %s on LiteRT (CPU)", det.name, pose.name)
             return
         chosen = onnx_providers(self.params.device, self.name)
-        threads = self.params.threads
-        if threads is None:
-            threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
         self.detector = _Detector(det, chosen, threads)
         self.pose = _PoseModel(pose, chosen, threads, self.params.simcc_split_ratio)
         used = self.detector.session.get_providers()[0]
