@@ -8,6 +8,8 @@ import io
 import json
 import os
 import posixpath
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import pyarrow.fs as pafs
 
@@ -20,6 +22,7 @@ VIDEO_EXTENSIONS = frozenset(
 LIST_EXTENSIONS = (".txt", ".csv", ".jsonl", ".parquet")
 # Optional per-video columns of a csv/jsonl/parquet list, kept in the plan for the exported dataset card.
 LIST_ATTRIBUTES = ("license", "source")
+NO_ATTRIBUTES = MappingProxyType(dict.fromkeys(LIST_ATTRIBUTES))  # shared by every URI a list gives none for
 _GLOB_CHARS = set("*?[")
 
 
@@ -32,12 +35,12 @@ def list_inputs(spec: str) -> list[str]:
     return list(read_inputs(spec))
 
 
-def read_inputs(spec: str) -> dict[str, dict]:
+def read_inputs(spec: str) -> dict[str, Mapping]:
     """Sorted, de-duplicated URIs -> their list attributes ({"license", "source"}: None where not given; the first
     entry of a URI listed twice wins)."""
     if not spec:
         raise UserError("no input given: pass --input with a directory, glob, list file or s3://bucket/prefix")
-    entries: list[tuple[str, dict]] = []
+    entries: list[tuple[str, Mapping]] = []
     if spec.lower().endswith(LIST_EXTENSIONS):
         entries = _read_list_file(spec)
         uris = [u for u, _ in entries]
@@ -54,11 +57,12 @@ def read_inputs(spec: str) -> dict[str, dict]:
     unique = sorted(set(uris))
     if not unique:
         raise UserError(f"no videos found in {spec} (extensions: {' '.join(sorted(VIDEO_EXTENSIONS))})")
-    attributes: dict[str, dict] = {}
+    if not any(any(attrs.values()) for _, attrs in entries):  # most lists: no per-URI mapping to build
+        return dict.fromkeys(unique, NO_ATTRIBUTES)
+    attributes: dict[str, Mapping] = {}
     for uri, attrs in entries:
         attributes.setdefault(uri, attrs)
-    empty = dict.fromkeys(LIST_ATTRIBUTES)
-    return {u: attributes.get(u, empty) for u in unique}
+    return {u: attributes.get(u, NO_ATTRIBUTES) for u in unique}
 
 
 def _attributes(row: dict) -> dict:
@@ -76,7 +80,7 @@ def _list_tree(root: str) -> list[str]:
     return [i.path for i in infos if i.type == pafs.FileType.File and is_video_name(i.base_name)]
 
 
-def _read_list_file(spec: str) -> list[tuple[str, dict]]:
+def _read_list_file(spec: str) -> list[tuple[str, Mapping]]:
     fs, path = filesystem_and_path(spec)
     try:
         with fs.open_input_file(path) as f:
@@ -106,7 +110,7 @@ def _read_list_file(spec: str) -> list[tuple[str, dict]]:
                 raise UserError(f"{spec} line {n}: expected a JSON object with a 'uri' key") from None
     else:
         lines = (line.strip() for line in data.decode("utf-8").splitlines())
-        entries = [(line, dict.fromkeys(LIST_ATTRIBUTES)) for line in lines if line and not line.startswith("#")]
+        entries = [(line, NO_ATTRIBUTES) for line in lines if line and not line.startswith("#")]
     return [(_resolve_entry(spec, e), attrs) for e, attrs in entries]
 
 

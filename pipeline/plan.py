@@ -19,7 +19,7 @@ PLAN_VIDEOS = "plan/videos.parquet"
 DEFAULT_SHARD_SIZE = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedVideo:
     uri: str
     video_id: str
@@ -54,7 +54,8 @@ def make_plan(input_spec: str, shard_size: int) -> Plan:
     if shard_size < 1:
         raise UserError(f"--shard-size must be at least 1 (got {shard_size})")
     inputs = read_inputs(input_spec)
-    videos = [PlannedVideo(uri, video_id_for(uri), shard_id_for(i // shard_size), i, **attrs)
+    shard_ids = [shard_id_for(k) for k in range((len(inputs) + shard_size - 1) // shard_size)]  # one string a shard
+    videos = [PlannedVideo(uri, video_id_for(uri), shard_ids[i // shard_size], i, **attrs)
               for i, (uri, attrs) in enumerate(inputs.items())]
     return Plan(input_spec, shard_size, videos)
 
@@ -87,14 +88,15 @@ def read_plan(store: Store) -> Plan | None:
         return None
     meta = json.loads(store.read_bytes(PLAN_JSON))
     table = read_parquet_bytes(store.read_bytes(PLAN_VIDEOS))
-    cols = table.to_pydict()
-    n = len(cols["uri"])
-    attrs = {k: cols.get(k, [None] * n) for k in LIST_ATTRIBUTES}  # plans written before these columns lack them
-    videos = [
-        PlannedVideo(u, vid, s, o, **{k: attrs[k][i] for k in LIST_ATTRIBUTES})
-        for i, (u, vid, s, o) in enumerate(zip(cols["uri"], cols["video_id"], cols["shard_id"], cols["order"],
-                                                strict=True))
-    ]
+    n = table.num_rows
+    # Column by column into Python objects, each list freed once used; a shard's videos share one ID string.
+    shard_ids = {s: s for s in table.column("shard_id").unique().to_pylist()}
+    shards = [shard_ids[s] for s in table.column("shard_id").to_pylist()]
+    attrs = [table.column(k).to_pylist() if k in table.column_names else [None] * n  # older plans lack them
+             for k in LIST_ATTRIBUTES]
+    videos = [PlannedVideo(*fields) for fields in zip(table.column("uri").to_pylist(),
+                                                       table.column("video_id").to_pylist(), shards,
+                                                       table.column("order").to_pylist(), *attrs, strict=True)]
     return Plan(meta["input"], meta["shard_size"], videos)
 
 

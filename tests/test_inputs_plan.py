@@ -90,3 +90,32 @@ def test_plan_is_deterministic_and_written_once(tree, tmp_path):
         load_or_create_plan(store, None, 5)
     with pytest.raises(UserError, match="planned from input"):
         load_or_create_plan(store, str(tree / "a"), None)
+
+
+def test_a_listed_uri_keeps_the_attributes_of_its_first_entry(tree):
+    path = tree / "dupes.csv"
+    path.write_text("uri,license,source\na/one.mp4,,\na/one.mp4,CC0,Pexels\nb.mp4,CC BY,\nb.mp4,CC0,\n")
+    videos = {v.uri.rsplit("/", 1)[1]: (v.license, v.source) for v in make_plan(str(path), 8).videos}
+    assert videos == {"one.mp4": (None, None), "b.mp4": ("CC BY", None)}
+
+
+def test_a_large_plan_takes_bounded_memory_per_video(tmp_path):
+    """Planning 100,000 listed URIs (a million: bench/scale.py) holds each video in 261 bytes and peaks at 299: no
+    mapping per URI for lists without attributes, one shard ID string per shard, slotted records. Before, 369 held
+    and 592 at the peak."""
+    import gc
+    import tracemalloc
+
+    listing = tmp_path / "uris.txt"
+    count = 100_000
+    listing.write_text("".join(f"s3://crawl/day/{i % 97:02d}/v{i:07d}.mp4\n" for i in range(count)))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        plan = make_plan(str(listing), 64)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(plan.videos) == count and plan.videos[-1].shard_id == f"shard-{(count - 1) // 64:06d}"
+    assert held / count < 300, f"{held / count:.0f} bytes a planned video"
+    assert peak / count < 400, f"{peak / count:.0f} bytes a video at the peak"
