@@ -284,12 +284,13 @@ class _VideoSplitter:
             converter = FrameConverter(sampled=self.params.detect_input == "sampled" or checked)
             detection_input = _detection_input(detector, converter, detect_w, detect_h, checked)
             self.latency_s = max(self.stage.CUT_LATENCY_S, (getattr(detector, "latency_frames", 0) + 1) / fps)
+            rate = FrameTimecode(0, fps)  # the detector's rate as a Fraction once, not converted again every frame
             index = -1
             for index, frame in enumerate(container.decode(stream)):
                 if timeline.add(frame, self.next_frame):
                     for level in self.levels:
                         level.resample(timeline.starts)
-                cuts = detector.process_frame(FrameTimecode(index, fps), detection_input(frame))
+                cuts = detector.process_frame(FrameTimecode(index, rate), detection_input(frame))
                 for level in self.levels:
                     if level.grid.take(timeline.starts[index]):
                         image = converter.kept_image(frame, *level.size)
