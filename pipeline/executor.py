@@ -170,15 +170,16 @@ class StageRunner:
         """Clips in and out, as they happen; waited for, so the counts are complete when the run's rows are."""
         if not (rows_in or rows_out):
             return
+        threads = self.stage.worker_threads()
         if self.counter is not None:
-            self.counter.add(self.stage.name, rows_in, rows_out)
+            self.counter.add(self.stage.name, rows_in, rows_out, threads=threads)
             return
         if self.progress is None:
             return
         import ray
 
         try:
-            ray.get(self.progress.add.remote(self.stage.name, rows_in, rows_out, self.node), timeout=10)
+            ray.get(self.progress.add.remote(self.stage.name, rows_in, rows_out, self.node, threads), timeout=10)
         except Exception:  # progress is best effort; never fail a stage over it
             pass
 

@@ -26,13 +26,17 @@ class StageCounts:
         # stage -> [workers set up, seconds their setup() took, CPU seconds each worker process had used when ready
         # (interpreter start, imports, setup: the fixed cost a Ray worker pays before its first clip)]
         self.setups: dict[str, list[float]] = {}
+        self.threads: dict[str, set[int]] = {}  # stage -> the native threads its workers ran (Stage.worker_threads)
 
-    def add(self, stage: str, rows_in: int, rows_out: int, node: str | None = None) -> None:
+    def add(self, stage: str, rows_in: int, rows_out: int, node: str | None = None, threads: int | None = None
+            ) -> None:
         c = self.counts.setdefault(stage, [0, 0])
         c[0] += rows_in
         c[1] += rows_out
         if node:
             self.nodes.setdefault(stage, set()).add(node)
+        if threads is not None:
+            self.threads.setdefault(stage, set()).add(threads)
 
     def set_up(self, stage: str, seconds: float, ready_cpu_s: float = 0.0) -> None:
         s = self.setups.setdefault(stage, [0, 0.0, 0.0])
@@ -49,6 +53,9 @@ class StageCounts:
 
     def stage_nodes(self) -> dict[str, list[str]]:
         return {stage: sorted(ids) for stage, ids in self.nodes.items()}
+
+    def stage_threads(self) -> dict[str, list[int]]:
+        return {stage: sorted(counts) for stage, counts in list(self.threads.items())}
 
 
 def start_progress_actor(namespace: str, name: str):

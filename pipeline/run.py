@@ -254,9 +254,11 @@ def _execute(opts: RunOptions, store: Store, plan: Plan, committed: dict[str, di
     profile["commit_s"] = collector.commit_seconds + time.monotonic() - mark
     if local:
         profile["stage_setup"] = actor.stage_setups()
+        profile["stage_threads"] = actor.stage_threads()
     else:
-        result.stage_nodes = _stage_nodes(actor)
-        profile["stage_setup"] = _stage_setups(actor)
+        result.stage_nodes = _reported(actor, "stage_nodes")
+        profile["stage_setup"] = _reported(actor, "stage_setups")
+        profile["stage_threads"] = _reported(actor, "stage_threads")
         _kill_quietly(actor)
     result.stage_counts = progress.counts
     result.shards_committed_now = collector.committed
@@ -320,11 +322,12 @@ def _retry_lost_videos(collector: ShardCollector, dataset_of, progress: RunProgr
             "or model, or a lost node); retry it with --redo-errors"))
 
 
-def _stage_nodes(actor) -> dict[str, list[str]]:
+def _reported(actor, report: str) -> dict:
+    """One of the progress actor's reports (stage_nodes, stage_setups, stage_threads)."""
     import ray
 
     try:
-        return ray.get(actor.stage_nodes.remote(), timeout=10)
+        return ray.get(getattr(actor, report).remote(), timeout=10)
     except Exception:  # a report, not a result: never fail a finished run over it
         return {}
 
@@ -336,15 +339,6 @@ def _write_index_quietly(store: Store, records: dict[str, dict]) -> None:
         write_commit_index(store, records)
     except OSError:
         pass
-
-
-def _stage_setups(actor) -> dict[str, list[float]]:
-    import ray
-
-    try:
-        return ray.get(actor.stage_setups.remote(), timeout=10)
-    except Exception:  # a report, not a result
-        return {}
 
 
 def _kill_quietly(actor) -> None:

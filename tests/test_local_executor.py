@@ -4,6 +4,7 @@ Ray would start, and a profile that says where the run's time went."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -48,6 +49,10 @@ def test_local_run_writes_the_manifests_ray_writes_and_profiles_itself(videos, r
     assert set(profile["stage_setup"]) == {"probe", "scenes", "ocr", "motion"}
     assert all(n == 1 for n, *_ in profile["stage_setup"].values())  # each stage set up once, in this process
     assert profile["ray_start_s"] < 0.01 and profile["stream_s"] > 0 and profile["driver_cpu_s"] > 0
+    # Native threads follow the worker's CPUs: every core in process, the stage's planned share (under 2) on Ray.
+    stages = ("probe", "scenes", "ocr", "motion")
+    assert profile["stage_threads"] == {stage: [os.cpu_count()] for stage in stages}
+    assert ray_result.profile["stage_threads"] == {stage: [1] for stage in stages}
     # the Ray run reports its actors' set-up with the CPU each worker process had used when ready
     ray_setup = ray_result.profile["stage_setup"]
     assert {"ocr", "motion"} <= set(ray_setup) and all(cpu > 0 for _, _, cpu in ray_setup.values())
