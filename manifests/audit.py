@@ -90,9 +90,11 @@ class AuditPass:
     """The audit of a run's committed shards, fed their manifests one at a time by whoever reads them (the audit
     itself, or an export on its one pass over the same shards), then `report()`."""
 
-    def __init__(self, store: Store, plan, committed: dict):
+    def __init__(self, store: Store, plan, committed: dict, review_rows: list[dict] | None = None):
         self.store, self.plan, self.committed = store, plan, committed
-        self.verdicts = reviews.clip_verdicts(reviews.read_reviews(store).to_pylist())
+        # the review records, read once (an export passes the ones it read)
+        self.review_rows = reviews.read_reviews(store).to_pylist() if review_rows is None else review_rows
+        self.verdicts = reviews.clip_verdicts(self.review_rows)
         self.tally: _Tally | None = None
         self.shards_added = 0
 
@@ -122,7 +124,7 @@ class AuditPass:
             "sources": tally.sources(),
             "scores": tally.scores(fields.recipe_params(run_info(store))),
             "reviews": reviews.summary(store, tally.reviewed_status,
-                                       accepted_total=tally.statuses.get("accepted", 0)),
+                                       accepted_total=tally.statuses.get("accepted", 0), rows=self.review_rows),
             "model_calls": tally.model_calls(),
             "qa": tally.qa(),
         }

@@ -322,7 +322,7 @@ class Exporter:
         shard_ids = self.shard_ids
         if not shard_ids:
             raise UserError(f"{self.opts.output} has no committed shards yet; nothing to export")
-        review_rows = reviews.read_reviews(self.src).to_pylist()
+        review_rows = self.review_rows
         verdicts, edits = reviews.clip_verdicts(review_rows), reviews.latest_captions(review_rows)
         self.stats["reviewed_records"] = len(review_rows)
         self.stats["review_caption_edits"] = 0
@@ -366,9 +366,14 @@ class Exporter:
         return sorted(self.committed)
 
     @functools.cached_property
+    def review_rows(self) -> list[dict]:
+        """OUT/reviews' records, read once for the rows and the card's audit."""
+        return reviews.read_reviews(self.src).to_pylist()
+
+    @functools.cached_property
     def audit(self) -> AuditPass:
         """The run's audit for the card, fed the manifests `rows` reads (no second pass over them)."""
-        return AuditPass(self.src, self.plan, self.committed)
+        return AuditPass(self.src, self.plan, self.committed, self.review_rows)
 
     @functools.cached_property
     def schema(self) -> pa.Schema:

@@ -153,11 +153,12 @@ def agreement(reviews) -> list[dict]:
     return out
 
 
-def summary(store: Store, manifest_status: dict[str, str] | None = None, accepted_total: int | None = None) -> dict:
+def summary(store: Store, manifest_status: dict[str, str] | None = None, accepted_total: int | None = None,
+            rows: list[dict] | None = None) -> dict:
     """Counts for `status` and `audit`. With clip -> manifest status, also what the reviews changed; the map may hold
-    only the reviewed clips when `accepted_total` gives how many clips the pipeline accepted."""
-    reviews = read_reviews(store)
-    rows = reviews.to_pylist()
+    only the reviewed clips when `accepted_total` gives how many clips the pipeline accepted. `rows`: the records,
+    where the caller has read them already."""
+    rows = read_reviews(store).to_pylist() if rows is None else rows
     verdicts = clip_verdicts(rows)
     out = {
         "records": len(rows),

@@ -101,3 +101,36 @@ def test_the_card_is_audited_on_the_exports_own_pass_over_the_manifests(tmp_path
     card = (folder / "README.md").read_text()
     for step in audit(str(tmp_path / "run8" / "out"))["funnel"]:
         assert f"| {step['stage']} | {step['in']} | {step['out']} |" in card
+
+
+def test_the_review_records_are_read_once_by_an_export_and_once_by_an_audit(tmp_path, monkeypatch):
+    """Export applied the reviews, its card's audit read them again and the audit's review summary a third time."""
+    from manifests import reviews
+    from pipeline.storage import Store
+
+    run = tmp_path / "run8"
+    run.mkdir()
+    accepted_run(str(run / "out"), run, 8, SHARD_SIZE, CLIPS_PER_VIDEO, caption_columns)
+    store = Store(str(run / "out"))
+    first, second = (r["clip_id"] for r in pq.read_table(run / "out" / "manifests" / "shard-000000.parquet")
+                     .select(["clip_id"]).to_pylist()[:2])
+    reviews.append_reviews(store, [{"clip_id": first, "reviewer": "ana", "verdict": "reject", "reason": "text_or_watermark"}])
+    reviews.append_reviews(store, [{"clip_id": second, "reviewer": "ben", "verdict": "caption", "caption": "edited"}])
+    reads: Counter = Counter()
+    read_bytes = Store.read_bytes
+
+    def counted(self, name):
+        if name.startswith(reviews.REVIEW_DIR + "/"):
+            reads[name] += 1
+        return read_bytes(self, name)
+
+    monkeypatch.setattr(Store, "read_bytes", counted)
+    to = tmp_path / "haic8"
+    export(ExportOptions(output=str(run / "out"), fmt="haic", to=str(to), test_share=TEST_SHARE))
+    assert len(reads) == 2 and set(reads.values()) == {1}
+    summary = json.loads((to / "export.json").read_text())
+    assert summary["left_out"]["review_rejected"] == 1 and summary["review_caption_edits"] == 1
+    reads.clear()
+    report = audit(str(run / "out"))
+    assert len(reads) == 2 and set(reads.values()) == {1}
+    assert report["reviews"]["records"] == 2 and report["reviews"]["accepted_review_rejected"] == 1
