@@ -71,7 +71,7 @@ class StageRunner:
         self.stage.worker_cpus = worker_cpus
         if worker_cpus:
             # OpenCV's thread pool belongs to the process: sized to the CPUs this worker holds. A thread per core on
-            # a 1-CPU worker gives the same numbers for 25-40% more CPU (DIS flow, resizes; measured on 2 cores).
+            # a 1-CPU worker gives the same numbers for up to 40% more CPU (DIS flow 41%, a 720p resize 25%; 2 cores).
             cv2.setNumThreads(self.stage.worker_threads())
         self.stage.setup()
         setup_s = time.perf_counter() - started
