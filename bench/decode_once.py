@@ -363,7 +363,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="runs per measurement, best kept (default 3, --quick 1)")
     parser.add_argument("--no-opencv", dest="opencv", action="store_false", help="skip scenedetect's opencv backend")
     parser.add_argument("--detect-input", choices=["exact", "checked", "sampled"], default=ScenesParams().detect_input,
-                        help="ScenesParams.detect_input of ours (default: the stage's; exact: PySceneDetect's own image)")
+                        help="ScenesParams.detect_input of ours (default: the stage's; exact: PySceneDetect's own "
+                             "image)")
     parser.add_argument("--worker-cpus", type=float, default=1.0,
                         help="CPUs the engine gives ours' worker (1: a scenes task on Ray; 0: outside the engine, "
                              "every core)")

@@ -167,8 +167,9 @@ def tree_cpu(command: list[str], env: dict | None = None) -> dict:
 # -- the per-stage loop (child process) -------------------------------------------------------------------------------
 def per_stage_loop(recipe_path: str, input_dir: str, *overrides: str) -> dict:
     """Every video through the recipe's stages in a plain loop, with a decode of its own for every stage after the
-    split (a full PyAV decode on one thread, as the scenes stage decodes on a 1-CPU worker): the cost of a tool whose operators each decode the
-    video. Video by video, so memory stays one video's frames; the work is that of running operator by operator."""
+    split (a full PyAV decode on one thread, as the scenes stage decodes on a 1-CPU worker): the cost of a tool whose
+    operators each decode the video. Video by video, so memory stays one video's frames; the work is that of running
+    operator by operator."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as a 1-CPU Ray worker and the local executor
     import av
     import cv2

@@ -114,7 +114,8 @@ def test_the_review_records_are_read_once_by_an_export_and_once_by_an_audit(tmp_
     store = Store(str(run / "out"))
     first, second = (r["clip_id"] for r in pq.read_table(run / "out" / "manifests" / "shard-000000.parquet")
                      .select(["clip_id"]).to_pylist()[:2])
-    reviews.append_reviews(store, [{"clip_id": first, "reviewer": "ana", "verdict": "reject", "reason": "text_or_watermark"}])
+    reviews.append_reviews(store, [{"clip_id": first, "reviewer": "ana", "verdict": "reject",
+                                    "reason": "text_or_watermark"}])
     reviews.append_reviews(store, [{"clip_id": second, "reviewer": "ben", "verdict": "caption", "caption": "edited"}])
     reads: Counter = Counter()
     read_bytes = Store.read_bytes
