@@ -379,10 +379,8 @@ def main() -> None:
     probe = ProbeStage()
     scenes = ScenesStage(OURS_PARAMS.model_copy(update={"detect_input": args.detect_input}))
     for stage in (probe, scenes):
-        stage.worker_cpus = args.worker_cpus or None
+        stage.use_worker_cpus(args.worker_cpus or None)  # as the engine's StageRunner does
         stage.setup()
-    if scenes.worker_threads():
-        cv2.setNumThreads(scenes.worker_threads())  # as the engine's StageRunner sizes OpenCV's pool
     smallest = min((p for p, _ in inputs), key=lambda p: p.stat().st_size)
     # Warm up once so one-time costs (lazy imports, OpenCV's first calls) land in no measurement.
     cpu_ours(smallest, probe, scenes)

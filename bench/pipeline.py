@@ -172,19 +172,16 @@ def per_stage_loop(recipe_path: str, input_dir: str, *overrides: str) -> dict:
     operator by operator."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as a 1-CPU Ray worker and the local executor
     import av
-    import cv2
-
-    from pipeline.video import set_decoder_threads
 
     from pipeline.clip import Clip, video_id_for
     from pipeline.recipe import load_recipe
+    from pipeline.video import set_decoder_threads
 
     recipe = load_recipe(recipe_path, list(overrides))
     stages = [spec.build() for spec in recipe.stages]
     for stage in stages:
-        stage.worker_cpus = 1.0  # the threads of a 1-CPU Ray worker, as ray mode runs them
+        stage.use_worker_cpus(1.0)  # the threads of a 1-CPU Ray worker, as ray mode runs them
         stage.setup()
-    cv2.setNumThreads(1)
     split = recipe.stage_names().index(recipe.split_stage) + 1
     videos = sorted(str(p) for p in Path(input_dir).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
     stage_cpu = {stage.name: 0.0 for stage in stages}

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import cv2
 import pyarrow as pa
 
 from pipeline.clip import Clip
@@ -68,11 +67,7 @@ class StageRunner:
                  worker_cpus: float | None = None):
         started = time.perf_counter()
         self.stage = stage_cls(stage_cls.Params(**params), context)
-        self.stage.worker_cpus = worker_cpus
-        if worker_cpus:
-            # OpenCV's thread pool belongs to the process: sized to the CPUs this worker holds. A thread per core on
-            # a 1-CPU worker gives the same numbers for up to 40% more CPU (DIS flow 41%, a 720p resize 25%; 2 cores).
-            cv2.setNumThreads(self.stage.worker_threads())
+        self.stage.use_worker_cpus(worker_cpus)
         self.stage.setup()
         setup_s = time.perf_counter() - started
         self.strip_frames = strip_frames
@@ -364,8 +359,8 @@ def run_in_process(recipe: Recipe, videos: list[PlannedVideo], counter: StageCou
     set_threads = "OMP_NUM_THREADS" not in os.environ
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
-        # Stages run one at a time here, so each may use every core.
-        runners = [StageRunner(counter=counter, pickled=False, worker_cpus=this_machine()["CPU"], **args)
+        cores = this_machine()["CPU"]  # stages run one at a time here, so each may use every core
+        runners = [StageRunner(counter=counter, pickled=False, worker_cpus=cores, **args)
                    for args in stage_runner_args(recipe, chunk_bytes=chunk_bytes, context=context)]
         for video in videos:
             rows: Iterable[dict] = [source_row(video, pickled=False)]

@@ -198,8 +198,6 @@ class _Interpreter:
         return {tuple(int(v) for v in o["shape"]): self.it.get_tensor(o["index"]) for o in self.outputs}
 
 
-
-
 class BlazeLandmarks:
     """The landmark model on rotated ROIs: 33 landmarks per person, COCO-17 keypoints for the stage."""
 
