@@ -8,19 +8,18 @@ import statistics
 from array import array  # a rejected clip's value in 8 bytes, not a float object and its pointer
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from typing import Any
 
 from manifests import fields, reviews
 from manifests.io import read_manifest
 from pipeline.commits import committed_shards
 from pipeline.errors import UserError
-from pipeline.plan import read_plan
+from pipeline.plan import PlanSummary, read_plan_summary
 from pipeline.storage import Store
 
 
-def _open(output: str) -> tuple[Store, Any]:
+def _open(output: str) -> tuple[Store, PlanSummary]:
     store = Store(output)
-    plan = read_plan(store)
+    plan = read_plan_summary(store)
     if plan is None:
         raise UserError(f"{output} is not an actcurate output (no plan/plan.json); run `actcurate run` first")
     return store, plan
@@ -38,7 +37,7 @@ def status(output: str) -> dict:
     review = reviews.summary(store)
     return {
         "output": store.root,
-        "videos": {"total": len(plan.videos), "done": done_videos},
+        "videos": {"total": plan.videos, "done": done_videos},
         "shards": {"total": len(shards), "committed": len(committed), "pending": len(shards) - len(committed)},
         "pending_shards": [s for s in shards if s not in committed],
         "clips": {"total": sum(counts.values()), **{k: counts.get(k, 0) for k in ("accepted", "rejected", "error")}},
@@ -90,7 +89,7 @@ class AuditPass:
     """The audit of a run's committed shards, fed their manifests one at a time by whoever reads them (the audit
     itself, or an export on its one pass over the same shards), then `report()`."""
 
-    def __init__(self, store: Store, plan, committed: dict, review_rows: list[dict] | None = None):
+    def __init__(self, store: Store, plan: PlanSummary, committed: dict, review_rows: list[dict] | None = None):
         self.store, self.plan, self.committed = store, plan, committed
         # the review records, read once (an export passes the ones it read)
         self.review_rows = reviews.read_reviews(store).to_pylist() if review_rows is None else review_rows
@@ -113,7 +112,7 @@ class AuditPass:
         shards = plan.shard_ids
         return {
             "output": store.root,
-            "videos": {"total": len(plan.videos), "done": tally.videos},
+            "videos": {"total": plan.videos, "done": tally.videos},
             "clips": {"total": sum(tally.statuses.values()),
                       **{k: tally.statuses.get(k, 0) for k in ("accepted", "rejected", "error")}},
             "shards": {"total": len(shards), "committed": len(committed), "pending": len(shards) - len(committed)},

@@ -35,7 +35,8 @@ from manifests.audit import AuditPass, run_info
 from manifests.io import read_manifest, read_manifest_schema
 from pipeline.commits import committed_shards
 from pipeline.errors import UserError
-from pipeline.plan import read_plan
+from pipeline.inputs import NO_ATTRIBUTES
+from pipeline.plan import read_plan_attributes, read_plan_summary
 from pipeline.storage import Store
 
 FORMATS = ("haic", "hmi", "hoigen", "actionart", "webdataset", "parquet")
@@ -304,7 +305,7 @@ class Exporter:
             raise UserError(f"--test-share must be between 0 and 1 (got {opts.test_share})")
         self.opts = opts
         self.src = Store(opts.output)
-        self.plan = read_plan(self.src)
+        self.plan = read_plan_summary(self.src)
         if self.plan is None:
             raise UserError(f"{opts.output} is not an actcurate output (no plan/plan.json); run `actcurate run` first")
         self.dst = Store(opts.to)
@@ -326,7 +327,7 @@ class Exporter:
         verdicts, edits = reviews.clip_verdicts(review_rows), reviews.latest_captions(review_rows)
         self.stats["reviewed_records"] = len(review_rows)
         self.stats["review_caption_edits"] = 0
-        by_uri = {v.uri: v for v in self.plan.videos}
+        attributes = read_plan_attributes(self.src)  # licence and source from the input list, where given
         left = self.stats["left_out"]
         for shard_id in shard_ids:
             manifest = read_manifest(self.src, shard_id)
@@ -340,13 +341,12 @@ class Exporter:
                 if verdicts.get(row["clip_id"]) == "reject":
                     left["review_rejected"] += 1
                     continue
-                planned = by_uri.get(row["video_uri"])
+                given = attributes.get(row["video_uri"], NO_ATTRIBUTES)
                 row["_split"] = split_of(row["video_id"], self.opts.test_share)
                 row["_caption"], row["_caption_source"] = _caption(row, edits.get(row["clip_id"]))
                 self.stats["review_caption_edits"] += row["_caption_source"] == "review"
-                row["_source"] = (planned.source if planned and planned.source
-                                  else posixpath.basename(posixpath.dirname(row["video_uri"])))
-                row["_license"] = planned.license if planned else None
+                row["_source"] = given["source"] or posixpath.basename(posixpath.dirname(row["video_uri"]))
+                row["_license"] = given["license"]
                 row["_annotation"] = self._annotation(row)
                 row["_questions"] = self._questions(row)
                 yield row

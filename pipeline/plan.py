@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.clip import video_id_for
@@ -46,6 +48,21 @@ class Plan:
         return shards
 
 
+@dataclass(frozen=True)
+class PlanSummary:
+    """What plan.json says of a plan: all that status, the audit and export need of it, so they never hold the
+    video list (a million videos take about 260 MB as Python objects)."""
+
+    input_spec: str
+    shard_size: int
+    videos: int
+    shards: int
+
+    @property
+    def shard_ids(self) -> list[str]:
+        return [shard_id_for(k) for k in range(self.shards)]  # make_plan numbers shards from 0, none empty
+
+
 def shard_id_for(index: int) -> str:
     return f"shard-{index:06d}"
 
@@ -81,6 +98,25 @@ def write_plan(store: Store, plan: Plan) -> None:
     }
     # plan.json last: its presence means the plan is complete.
     store.write_bytes(PLAN_JSON, json.dumps(meta, indent=2).encode())
+
+
+def read_plan_summary(store: Store) -> PlanSummary | None:
+    if not store.exists(PLAN_JSON):
+        return None
+    meta = json.loads(store.read_bytes(PLAN_JSON))
+    return PlanSummary(meta["input"], meta["shard_size"], meta["videos"], meta["shards"])
+
+
+def read_plan_attributes(store: Store) -> dict[str, dict[str, str | None]]:
+    """The input list's licence and source columns of the videos that have either, by URI (none: an empty dict,
+    without holding the plan's other videos)."""
+    table = read_parquet_bytes(store.read_bytes(PLAN_VIDEOS))
+    present = [k for k in LIST_ATTRIBUTES if k in table.column_names]  # older plans lack them
+    if not present:
+        return {}
+    given = functools.reduce(pc.or_, [pc.is_valid(table.column(k)) for k in present])
+    rows = table.filter(given).select(["uri", *present]).to_pylist()
+    return {row["uri"]: {k: row.get(k) for k in LIST_ATTRIBUTES} for row in rows}
 
 
 def read_plan(store: Store) -> Plan | None:

@@ -273,10 +273,10 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
 def make_server(output: str, host: str = "127.0.0.1", port: int = 8765, token: str | None = None
                 ) -> tuple[ThreadingHTTPServer, ReviewApp]:
     from pipeline.errors import UserError
-    from pipeline.plan import read_plan
+    from pipeline.plan import read_plan_summary
     from pipeline.storage import Store
 
-    if read_plan(Store(output)) is None:
+    if read_plan_summary(Store(output)) is None:
         raise UserError(f"{output} is not an actcurate output (no plan/plan.json); run `actcurate run` first")
     app = ReviewApp(output, token)
     handler = type("BoundHandler", (Handler,), {"app": app})

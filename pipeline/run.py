@@ -220,8 +220,8 @@ def _execute(opts: RunOptions, store: Store, plan: Plan, committed: dict[str, di
     else:
         first = dataset_of(windows[0])  # lazy; checks the cluster's resources before the progress actor starts
         actor = start_progress_actor(namespace(), actor_name)
-    collector = ShardCollector(store, schema, recipe.hash, expected, {v.video_id: v.order for v in plan.videos},
-                               kept_rows=kept)
+    order = {v.video_id: v.order for v in plan.videos if v.shard_id in expected}  # the pending shards' videos only
+    collector = ShardCollector(store, schema, recipe.hash, expected, order, kept_rows=kept)
     split = recipe.split_stage
     video_level = len(recipe.stages) if split is None else recipe.stage_names().index(split) + 1
     mark = time.monotonic()

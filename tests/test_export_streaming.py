@@ -135,3 +135,30 @@ def test_the_review_records_are_read_once_by_an_export_and_once_by_an_audit(tmp_
     report = audit(str(run / "out"))
     assert len(reads) == 2 and set(reads.values()) == {1}
     assert report["reviews"]["records"] == 2 and report["reviews"]["accepted_review_rejected"] == 1
+
+
+def test_status_and_the_audit_read_no_video_list_and_export_reads_it_once(tmp_path, monkeypatch):
+    """A plan of a million videos is about 260 MB as Python objects: status and the audit take its counts from
+    plan.json, export reads the list's licence and source columns once."""
+    from manifests.audit import status
+    from pipeline.plan import PLAN_VIDEOS
+    from pipeline.storage import Store
+
+    run = tmp_path / "run6"
+    run.mkdir()
+    accepted_run(str(run / "out"), run, 6, SHARD_SIZE, CLIPS_PER_VIDEO, caption_columns)
+    reads: Counter = Counter()
+    read_bytes = Store.read_bytes
+
+    def counted(self, name):
+        reads[name] += 1
+        return read_bytes(self, name)
+
+    monkeypatch.setattr(Store, "read_bytes", counted)
+    report = status(str(run / "out"))
+    assert report["videos"] == {"total": 6, "done": 6}
+    assert report["shards"] == {"total": 2, "committed": 2, "pending": 0} and report["pending_shards"] == []
+    assert audit(str(run / "out"))["videos"]["total"] == 6
+    assert reads[PLAN_VIDEOS] == 0
+    export(ExportOptions(output=str(run / "out"), fmt="haic", to=str(tmp_path / "haic6"), test_share=TEST_SHARE))
+    assert reads[PLAN_VIDEOS] == 1

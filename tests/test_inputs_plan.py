@@ -6,7 +6,8 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.inputs import list_inputs
-from pipeline.plan import load_or_create_plan, make_plan, read_plan
+from pipeline.plan import (load_or_create_plan, make_plan, read_plan, read_plan_attributes, read_plan_summary,
+                           write_plan)
 from pipeline.storage import Store
 
 
@@ -58,6 +59,9 @@ def test_list_licence_and_source_columns_reach_the_plan(tree, fmt, tmp_path):
     load_or_create_plan(store, str(path), 8)
     videos = {v.uri.rsplit("/", 1)[1]: (v.license, v.source) for v in read_plan(store).videos}
     assert videos == {"one.mp4": ("CC BY 4.0", "Pexels"), "b ü.webm": (None, None)}  # blank means not given
+    # what export reads of them: only the videos that were given any
+    assert {uri.rsplit("/", 1)[1]: v for uri, v in read_plan_attributes(store).items()} == {
+        "one.mp4": {"license": "CC BY 4.0", "source": "Pexels"}}
     txt = tree / "list.txt"
     txt.write_text("a/one.mp4\n")
     assert [(v.license, v.source) for v in make_plan(str(txt), 8).videos] == [(None, None)]
@@ -119,3 +123,17 @@ def test_a_large_plan_takes_bounded_memory_per_video(tmp_path):
     assert len(plan.videos) == count and plan.videos[-1].shard_id == f"shard-{(count - 1) // 64:06d}"
     assert held / count < 300, f"{held / count:.0f} bytes a planned video"
     assert peak / count < 400, f"{peak / count:.0f} bytes a video at the peak"
+
+
+@pytest.mark.parametrize("videos, shard_size", [(10, 3), (9, 3), (1, 64)])
+def test_the_plan_summary_gives_the_plans_counts_and_shards_without_its_videos(tmp_path, videos, shard_size):
+    """status, the audit and export take these from plan.json alone: the shards must be the ones the plan made."""
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"/data/v{i}.mp4\n" for i in range(videos)))
+    store = Store(str(tmp_path / "out"))
+    write_plan(store, make_plan(str(listing), shard_size))
+    summary, plan = read_plan_summary(store), read_plan(store)
+    assert summary.videos == len(plan.videos) == videos and summary.shard_size == shard_size
+    assert summary.shard_ids == plan.shard_ids and summary.shards == -(-videos // shard_size)
+    assert read_plan_attributes(store) == {}  # a plain list gives none
+    assert read_plan_summary(Store(str(tmp_path / "none"))) is None
