@@ -77,7 +77,7 @@ def make_plan(input_spec: str, shard_size: int) -> Plan:
     return Plan(input_spec, shard_size, videos)
 
 
-def write_plan(store: Store, plan: Plan) -> None:
+def write_plan(store: Store, plan: Plan) -> PlanSummary:
     table = pa.table(
         {
             "uri": [v.uri for v in plan.videos],
@@ -90,14 +90,12 @@ def write_plan(store: Store, plan: Plan) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     store.write_bytes(PLAN_VIDEOS, buf.getvalue())
-    meta = {
-        "input": plan.input_spec,
-        "shard_size": plan.shard_size,
-        "videos": len(plan.videos),
-        "shards": len(plan.shard_ids),
-    }
+    summary = PlanSummary(plan.input_spec, plan.shard_size, len(plan.videos), len(plan.shard_ids))
+    meta = {"input": summary.input_spec, "shard_size": summary.shard_size, "videos": summary.videos,
+            "shards": summary.shards}
     # plan.json last: its presence means the plan is complete.
     store.write_bytes(PLAN_JSON, json.dumps(meta, indent=2).encode())
+    return summary
 
 
 def read_plan_summary(store: Store) -> PlanSummary | None:
@@ -146,7 +144,15 @@ def same_input(a: str, b: str) -> bool:
 
 def load_or_create_plan(store: Store, input_spec: str | None, shard_size: int | None) -> tuple[Plan, bool]:
     """The existing plan if OUT has one (checked against the options given), else a new one. Returns (plan, created)."""
-    existing = read_plan(store)
+    summary, created = open_or_create_plan(store, input_spec, shard_size)
+    return (created or read_plan(store)), created is not None
+
+
+def open_or_create_plan(store: Store, input_spec: str | None, shard_size: int | None
+                        ) -> tuple[PlanSummary, Plan | None]:
+    """OUT's plan checked against the options given, as its summary; the new plan too where there was none (an
+    existing plan's videos are read by `read_plan` only when there is work: a finished run's resume needs none)."""
+    existing = read_plan_summary(store)
     if existing is not None:
         if input_spec and not same_input(input_spec, existing.input_spec):
             raise UserError(
@@ -157,10 +163,9 @@ def load_or_create_plan(store: Store, input_spec: str | None, shard_size: int | 
             raise UserError(
                 f"{store.root} was planned with --shard-size {existing.shard_size}; resume with the same size or a new --output"
             )
-        return existing, False
+        return existing, None
     if not input_spec:
         raise UserError(f"{store.root} has no plan yet: pass --input for the first run")
     plan = make_plan(input_spec, shard_size or DEFAULT_SHARD_SIZE)  # a bad input fails before OUT is created
     check_writable(store)
-    write_plan(store, plan)
-    return plan, True
+    return write_plan(store, plan), plan

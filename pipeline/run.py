@@ -22,7 +22,7 @@ from pipeline.errors import UserError
 from pipeline.executor import (DEFAULT_CHUNK_BYTES, build_dataset, decode_clips, describe_pending, ensure_ray,
                                 namespace, run_in_process)
 from pipeline.isolation import in_child_process
-from pipeline.plan import Plan, PlannedVideo, load_or_create_plan
+from pipeline.plan import Plan, PlannedVideo, open_or_create_plan, read_plan
 from pipeline.progress import RunProgress, StageCounts, start_progress_actor
 from pipeline.recipe import Recipe
 from pipeline.stage import RunContext
@@ -160,20 +160,23 @@ def run(opts: RunOptions) -> RunResult:
     for spec in recipe.stages:
         spec.build(context).preflight()  # missing models, unreachable endpoints: fail before any video is touched
     profile["preflight_s"] = time.monotonic() - started
-    plan, created = load_or_create_plan(store, opts.input, opts.shard_size)
-    if not created:
+    summary, plan = open_or_create_plan(store, opts.input, opts.shard_size)
+    if plan is None:  # an existing plan
         check_writable(store)
         for folder in ("", MANIFEST_DIR, COMMIT_DIR):  # where the commit protocol writes
             store.remove_stale_temporaries(folder)
     _record_run(store, opts)
     committed, unindexed = load_commits(store)
-    shards = plan.videos_by_shard()
+    all_committed = not opts.redo_errors and all(s in committed for s in summary.shard_ids)
+    if plan is None and not all_committed:  # a finished run's resume reads no video list (a million: 3 s, 600 MB)
+        plan = read_plan(store)
+    shards = plan.videos_by_shard() if plan is not None else {}
     expected = {s: videos for s, videos in shards.items() if s not in committed}
     kept: dict[str, list[dict]] = {}
     if opts.redo_errors:
         redo_expected, kept = _redo_targets(store, plan, committed)
         expected.update({s: v for s, v in redo_expected.items() if v})
-    result = RunResult(store.root, len(shards), len(committed), profile=profile)
+    result = RunResult(store.root, summary.shards, len(committed), profile=profile)
     todo = [v for s in sorted(expected) for v in expected[s]]
     profile["plan_s"] = time.monotonic() - started - profile["preflight_s"]
     if not todo:

@@ -57,6 +57,21 @@ def test_a_resume_writes_the_index_and_changed_objects_are_checked_again(tmp_pat
     assert load_commits(store)[1] == SHARDS + 1
 
 
+def test_a_finished_runs_resume_reads_no_video_list(tmp_path, monkeypatch):
+    """The plan's shard count (plan.json) tells that every shard is committed; its video list (a million videos:
+    about 3 s and 600 MB in Python) is read only when there is work."""
+    from pipeline.plan import PLAN_VIDEOS
+    from pipeline.storage import Store
+
+    store = finished_run(str(tmp_path / "out"), tmp_path, 3)
+    reads = []
+    read_bytes = Store.read_bytes
+    monkeypatch.setattr(Store, "read_bytes", lambda self, name: reads.append(name) or read_bytes(self, name))
+    result = resume(store.root)
+    assert (result.shards_total, result.shards_committed_before, result.videos_processed) == (3, 3, 0)
+    assert PLAN_VIDEOS not in reads and "plan/plan.json" in reads
+
+
 @pytest.mark.slow
 def test_status_over_s3_reads_a_bounded_number_of_objects(tmp_path, monkeypatch):
     with MotoServer() as s3, FaultProxy(s3.endpoint_url) as proxy:
