@@ -117,10 +117,11 @@ def read_plan_attributes(store: Store) -> dict[str, dict[str, str | None]]:
     return {row["uri"]: {k: row.get(k) for k in LIST_ATTRIBUTES} for row in rows}
 
 
-def read_plan(store: Store) -> Plan | None:
-    if not store.exists(PLAN_JSON):
+def read_plan(store: Store, summary: PlanSummary | None = None) -> Plan | None:
+    """The plan with its video list; `summary`: plan.json as the caller has read it already."""
+    summary = summary or read_plan_summary(store)
+    if summary is None:
         return None
-    meta = json.loads(store.read_bytes(PLAN_JSON))
     table = read_parquet_bytes(store.read_bytes(PLAN_VIDEOS))
     n = table.num_rows
     # Column by column into Python objects, each list freed once used; a shard's videos share one ID string.
@@ -131,7 +132,7 @@ def read_plan(store: Store) -> Plan | None:
     videos = [PlannedVideo(*fields) for fields in zip(table.column("uri").to_pylist(),
                                                        table.column("video_id").to_pylist(), shards,
                                                        table.column("order").to_pylist(), *attrs, strict=True)]
-    return Plan(meta["input"], meta["shard_size"], videos)
+    return Plan(summary.input_spec, summary.shard_size, videos)
 
 
 def same_input(a: str, b: str) -> bool:
@@ -144,8 +145,8 @@ def same_input(a: str, b: str) -> bool:
 
 def load_or_create_plan(store: Store, input_spec: str | None, shard_size: int | None) -> tuple[Plan, bool]:
     """The existing plan if OUT has one (checked against the options given), else a new one. Returns (plan, created)."""
-    summary, created = open_or_create_plan(store, input_spec, shard_size)
-    return (created or read_plan(store)), created is not None
+    summary, new_plan = open_or_create_plan(store, input_spec, shard_size)
+    return (new_plan or read_plan(store, summary)), new_plan is not None
 
 
 def open_or_create_plan(store: Store, input_spec: str | None, shard_size: int | None

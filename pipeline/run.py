@@ -169,7 +169,7 @@ def run(opts: RunOptions) -> RunResult:
     committed, unindexed = load_commits(store)
     all_committed = not opts.redo_errors and all(s in committed for s in summary.shard_ids)
     if plan is None and not all_committed:  # a finished run's resume reads no video list (a million: 3 s, 600 MB)
-        plan = read_plan(store)
+        plan = read_plan(store, summary)
     shards = plan.videos_by_shard() if plan is not None else {}
     expected = {s: videos for s, videos in shards.items() if s not in committed}
     kept: dict[str, list[dict]] = {}
